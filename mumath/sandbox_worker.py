@@ -1,0 +1,274 @@
+"""The long-lived worker process behind `mumath.executor.SandboxPool`.
+
+Run as ``python -I sandbox_worker.py``; it reads one JSON request per line on stdin and answers one JSON
+line on stdout. It pre-imports the heavy libraries once, then *forks* a fresh child for every snippet,
+so a snippet starts in milliseconds yet never sees another snippet's state (unless the caller sends a
+``prelude``). The child is confined before it runs anything (see `confine_child`).
+
+This file imports nothing from `mumath`: it runs under ``python -I`` as an unprivileged user and must not
+depend on the project being importable.
+"""
+import ctypes
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+LANDLOCK_NET_BIND_TCP, LANDLOCK_NET_CONNECT_TCP = 1, 2
+FS_WRITE_FILE, FS_REMOVE_DIR, FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
+FS_MAKE_ALL = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
+FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class LandlockPathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi():
+    """The kernel's Landlock ABI version, 0 where Landlock is missing (old kernel, seccomp, non-x86)."""
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        return 0
+    version = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(version), 0)
+
+
+def apply_landlock(writable_dir):
+    """Allow writes only beneath `writable_dir` (and to /dev/null), no TCP, no signals out of the domain."""
+    abi = landlock_abi()
+    if abi < 1:
+        return 0
+    write_rights = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_ALL
+    write_rights |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    attr = LandlockRulesetAttr(write_rights, 0, 0)
+    if abi >= 4:
+        attr.handled_access_net = LANDLOCK_NET_BIND_TCP | LANDLOCK_NET_CONNECT_TCP
+    if abi >= 6:
+        attr.scoped = LANDLOCK_SCOPE_SIGNAL | LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+    size = ctypes.sizeof(LandlockRulesetAttr) if abi >= 4 else 8
+    ruleset = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                            ctypes.c_uint32(0))
+    if ruleset < 0:
+        return 0
+    file_rights = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+    for path, rights in ((writable_dir, write_rights), ("/dev/null", file_rights)):
+        fd = os.open(path, os.O_PATH)
+        rule = LandlockPathBeneathAttr(rights, fd)
+        _libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule),
+                      ctypes.c_uint32(0))
+        os.close(fd)
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    ok = _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) == 0
+    os.close(ruleset)
+    return abi if ok else 0
+
+
+def virtual_memory_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def confine_child(workdir, limits):
+    """Everything a snippet's process gives up before its first line runs."""
+    os.setpgid(0, 0)
+    os.chdir(workdir)
+    # The address-space cap counts what the pre-imported zygote already maps, so it is added on top.
+    address_space = virtual_memory_bytes() + limits["memory_mb"] * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    cpu = int(limits["timeout"]) + 2
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
+    apply_landlock(workdir)
+
+
+class BoundedWriter:
+    """stdout for a snippet: keeps at most `limit` characters, drops the rest (still counted)."""
+
+    def __init__(self, fd, limit):
+        self.fd, self.limit, self.written = fd, limit, 0
+
+    def write(self, text):
+        text = str(text)
+        room = self.limit - self.written
+        if room > 0:
+            os.write(self.fd, text[:room].encode("utf-8", "replace"))
+        self.written += len(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def run_snippet(request, workdir, limits):
+    """Body of the forked child: confine, run prelude and code, write the error (if any) to a file."""
+    confine_child(workdir, limits)
+    out_fd = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null_fd, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    writer = BoundedWriter(out_fd, limits["max_output_chars"] + 1)
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    error = None
+    try:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        for block in request.get("prelude", []):
+            try:
+                exec(compile(block, "<prelude>", "exec"), namespace)
+            except BaseException:
+                pass
+        sys.stdout = sys.stderr = writer
+        exec_with_last_expression(request["code"], namespace)
+    except SystemExit as exit_:
+        if exit_.code not in (None, 0):
+            error = f"SystemExit: {exit_.code}"
+    except BaseException as exc:  # the snippet's own failure is a result, not a crash
+        error = f"{type(exc).__name__}: {exc}".strip()
+    with open("error.txt", "w") as handle:
+        handle.write(error or "")
+    os._exit(0)
+
+
+def exec_with_last_expression(code, namespace):
+    """Run `code`; like a notebook cell, print the value of a final bare expression if it is not None."""
+    import ast
+    tree = ast.parse(code, "<code>")
+    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    if last is not None:
+        tree.body.pop()
+    exec(compile(tree, "<code>", "exec"), namespace)
+    if last is not None:
+        value = eval(compile(ast.Expression(last.value), "<code>", "eval"), namespace)
+        if value is not None:
+            print(repr(value) if not isinstance(value, str) else value)
+
+
+def descendants_of(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_all_descendants():
+    """SIGKILL every process below this worker; it is their subreaper, so orphans are found too."""
+    for _ in range(50):
+        victims = descendants_of(os.getpid())
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        reap()
+        time.sleep(0.01)
+
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def read_text(path, limit):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit * 4 + 4).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def execute(request, root, limits):
+    workdir = os.path.join(root, "snippet")
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.mkdir(workdir, 0o700)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_snippet(request, workdir, limits)
+        finally:
+            os._exit(1)
+    pidfd = os.pidfd_open(pid)
+    ready, _, _ = select.select([pidfd], [], [], limits["timeout"])
+    timed_out = not ready
+    status = None
+    if timed_out:
+        kill_all_descendants()
+    else:
+        _, status = os.waitpid(pid, 0)
+        kill_all_descendants()  # background processes the snippet left behind
+    os.close(pidfd)
+    stdout = read_text(os.path.join(workdir, "stdout.txt"), limits["max_output_chars"])
+    error = read_text(os.path.join(workdir, "error.txt"), 2000) if not timed_out else ""
+    if not timed_out and status is not None and not os.path.exists(os.path.join(workdir, "error.txt")):
+        if os.WIFSIGNALED(status):
+            error = f"Killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        elif os.WEXITSTATUS(status) != 0:
+            error = f"Process exited with code {os.WEXITSTATUS(status)}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"stdout": stdout, "error": error or None, "timed_out": timed_out,
+            "seconds": round(time.monotonic() - started, 4)}
+
+
+def main():
+    root, limits = sys.argv[1], json.loads(sys.argv[2])
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for module in limits.get("preimport", []):
+        try:
+            __import__(module)
+        except Exception:
+            pass
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
+    channel.write(json.dumps({"ready": True, "landlock_abi": landlock_abi()}) + "\n")
+    channel.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        channel.write(json.dumps(execute(request, root, limits)) + "\n")
+        channel.flush()
+
+
+if __name__ == "__main__":
+    main()
