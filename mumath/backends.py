@@ -1,0 +1,196 @@
+"""Text-completion backends: a local transformers model, or any OpenAI-compatible server.
+
+Both take fully formatted prompts (chat template already applied, see `prompts.py`) and return one
+`Completion` per prompt, cut before the first stop string. `finish` says why generation ended:
+``stop`` (a stop string), ``eos`` (end of turn) or ``length`` (token budget).
+"""
+import asyncio
+import os
+import threading
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Completion:
+    text: str
+    finish: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def cut_at_stop(text, stop):
+    """Text before the earliest stop string, and whether one was found."""
+    cuts = [text.find(marker) for marker in stop if marker and marker in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+class TransformersBackend:
+    """Batched generation with left padding; prompts are length-sorted so batches carry little padding."""
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, batch_size=16, progress=True):
+        self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
+        self.tokenizer.padding_side = "left"
+
+    def complete(self, prompts, sampling, stop=()):
+        order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+        results = [None] * len(prompts)
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2, leave=False):
+            for index, completion in zip(batch, self.generate_batch([prompts[i] for i in batch], sampling, stop)):
+                results[index] = completion
+        return results
+
+    def generate_batch(self, prompts, sampling, stop):
+        import torch
+
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(self.model.device)
+        kwargs = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            output = self.model.generate(**encoded, **kwargs)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:]
+        eos_ids = self._eos_ids()
+        completions = []
+        for row, prompt_mask in zip(new_tokens, encoded["attention_mask"]):
+            ids = row.tolist()
+            ended = next((position for position, token in enumerate(ids) if token in eos_ids), None)
+            used = ids[:ended] if ended is not None else ids
+            text, stopped = cut_at_stop(self.tokenizer.decode(used, skip_special_tokens=True), stop)
+            finish = "stop" if stopped else ("eos" if ended is not None else "length")
+            completions.append(Completion(text, finish, int(prompt_mask.sum()), len(used)))
+        return completions
+
+    def _eos_ids(self):
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids])
+        ids.discard(None)
+        return ids | {self.tokenizer.eos_token_id}
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible `/v1/completions` server (vLLM, SGLang, llama.cpp, ...), many requests in flight.
+
+    The API key is read from the environment variable named by `api_key_env` and is never stored.
+    Retries with backoff on 429, 5xx and timeouts are the openai client's own (`max_retries`).
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url, model, api_key_env="OPENAI_API_KEY", max_concurrency=16, timeout=600.0,
+                 max_retries=3, progress=True):
+        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.max_concurrency, self.timeout, self.max_retries = max_concurrency, timeout, max_retries
+        self.progress = progress
+
+    def _client(self):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                           timeout=self.timeout, max_retries=self.max_retries)
+
+    def complete(self, prompts, sampling, stop=()):
+        return run_coroutine(self._complete_all(prompts, sampling, list(stop)))
+
+    async def _complete_all(self, prompts, sampling, stop):
+        client = self._client()
+        limit = asyncio.Semaphore(self.max_concurrency)
+        bar = tqdm(total=len(prompts), desc="requests", disable=not self.progress or len(prompts) < 2,
+                   leave=False)
+
+        async def one(index, prompt):
+            async with limit:
+                response = await client.completions.create(
+                    model=self.model, prompt=prompt, max_tokens=sampling.max_new_tokens,
+                    temperature=sampling.temperature, top_p=sampling.top_p, stop=stop or None,
+                    seed=sampling.seed + index)
+            bar.update()
+            return self._to_completion(response, stop)
+
+        try:
+            return await asyncio.gather(*(one(index, prompt) for index, prompt in enumerate(prompts)))
+        finally:
+            bar.close()
+            await client.close()
+
+    @staticmethod
+    def _to_completion(response, stop):
+        choice = response.choices[0]
+        text, stopped = cut_at_stop(choice.text, stop)
+        if choice.finish_reason == "length":
+            finish = "length"
+        elif stopped or getattr(choice, "stop_reason", None) in stop:  # vLLM names the stop string
+            finish = "stop"
+        elif choice.finish_reason == "stop" and stop and ends_with_unexecuted_code(text):
+            # Servers that drop the matched stop string and do not name it (llama.cpp): a turn that
+            # ends right after a closed python block stopped at the output marker.
+            finish = "stop"
+        else:
+            finish = "eos"
+        usage = response.usage
+        return Completion(text, finish, getattr(usage, "prompt_tokens", 0) or 0,
+                          getattr(usage, "completion_tokens", 0) or 0)
+
+
+def ends_with_unexecuted_code(text):
+    stripped = text.rstrip()
+    last_code = stripped.rfind("```python")
+    return stripped.endswith("```") and last_code > stripped.rfind("```output") and last_code != -1 \
+        and stripped.count("```", last_code) >= 2
+
+
+def run_coroutine(coroutine):
+    """asyncio.run that also works inside Jupyter, where an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    box = {}
+
+    def target():
+        try:
+            box["result"] = asyncio.run(coroutine)
+        except BaseException as error:  # re-raised in the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def make_backend(backend="transformers", model="embedded", base_url=None, api_model=None, batch_size=16,
+                 max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True):
+    """The backend a run's parameters ask for."""
+    if backend == "transformers":
+        from .models import load_model
+
+        loaded, tokenizer = load_model(model, dtype=dtype)
+        return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
+    if backend == "openai":
+        if not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(api_key_env):
+            raise ValueError("backend 'openai' needs parameter 'base_url' (a server) or the environment "
+                             f"variable {api_key_env} (the OpenAI API)")
+        return OpenAIBackend(base_url or os.environ.get("OPENAI_BASE_URL"), api_model or model,
+                             api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress)
+    raise ValueError(f"parameter 'backend': '{backend}' is not one of ['transformers', 'openai']")

@@ -1,0 +1,127 @@
+"""Run parameters: a YAML file validated against the notebooks' own `parameters` cells.
+
+A params file looks like::
+
+    run: quickstart            # outputs/<run>/
+    seed: 0                    # shared: given to every step whose notebook declares it
+    model: embedded
+    steps:                     # the steps to run, in recipe order, each with its own parameters
+      evaluate:
+        benchmarks: [gsm8k]
+
+The `parameters` cell of each notebook is the schema: a key no notebook declares, or a value whose
+type differs from the notebook's default, fails before anything runs, naming the key and the file.
+"""
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+# Recipe order. A step whose notebook does not exist yet cannot be asked for.
+STEPS = {"augment": "01_augment.ipynb", "synthesize": "02_synthesize.ipynb", "filter": "03_filter.ipynb",
+         "stage1": "04_stage1.ipynb", "stage2": "05_stage2.ipynb", "evaluate": "06_evaluate.ipynb",
+         "analysis": "07_analysis.ipynb"}
+TOP_LEVEL = {"run", "steps", "description"}
+RUNNER_PARAMS = {"run_dir"}  # injected by the runner, not set by the user
+# A parameter named like a credential ("api_key", "hf_token", "password"); "max_new_tokens" is not one.
+SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|access_token|auth)$", re.I)
+
+
+class ParamsError(ValueError):
+    pass
+
+
+def notebook_parameters(notebook_path):
+    """{name: default} from the cell tagged `parameters` (evaluated literals)."""
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    cells = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParamsError(f"{notebook_path}: needs exactly one cell tagged 'parameters', found {len(cells)}")
+    defaults = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            defaults[target.id] = ast.literal_eval(node.value)
+    return defaults
+
+
+def _type_ok(value, default):
+    if default is None or value is None:
+        return True  # None defaults mean "optional; any type"
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _type_name(value):
+    return "null" if value is None else type(value).__name__
+
+
+def load_params(path):
+    """Read and validate a params file -> (run name, {step: parameters for its notebook})."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of parameters")
+    for key in ("run", "steps"):
+        if key not in raw:
+            raise ParamsError(f"{path}: missing parameter '{key}'")
+    if not isinstance(raw["steps"], dict) or not raw["steps"]:
+        raise ParamsError(f"{path}: 'steps' must map step names to their parameters")
+    shared = {key: value for key, value in raw.items() if key not in TOP_LEVEL}
+    plan, declared_anywhere = {}, set()
+    for step, overrides in raw["steps"].items():
+        if step not in STEPS:
+            raise ParamsError(f"{path}: unknown step 'steps.{step}'; steps: {list(STEPS)}")
+        notebook = NOTEBOOK_DIR / STEPS[step]
+        if not notebook.exists():
+            raise ParamsError(f"{path}: step '{step}' has no notebook yet ({notebook.name})")
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"{path}: 'steps.{step}' must be a mapping of parameters")
+        defaults = notebook_parameters(notebook)
+        declared_anywhere |= set(defaults)
+        for key, value in overrides.items():
+            if key not in defaults or key in RUNNER_PARAMS:
+                raise ParamsError(f"{path}: unknown parameter 'steps.{step}.{key}' "
+                                  f"(notebook {notebook.name} declares: {sorted(set(defaults) - RUNNER_PARAMS)})")
+        params = {key: value for key, value in shared.items() if key in defaults}
+        params.update(overrides)
+        for key, value in params.items():
+            if not _type_ok(value, defaults[key]):
+                where = f"steps.{step}.{key}" if key in overrides else key
+                raise ParamsError(f"{path}: parameter '{where}' should be {_type_name(defaults[key])} "
+                                  f"(like the default {defaults[key]!r}), got {_type_name(value)} {value!r}")
+        plan[step] = params
+    unknown_shared = set(shared) - declared_anywhere
+    if unknown_shared:
+        raise ParamsError(f"{path}: unknown parameter(s) {sorted(unknown_shared)}: no step's notebook declares them")
+    order = list(STEPS)
+    return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: order.index(item[0])))
+
+
+def redact(value):
+    """A copy of `value` with anything under a secret-looking key replaced (manifests never hold secrets)."""
+    if isinstance(value, dict):
+        return {key: "<redacted>" if is_secret_name(key) else redact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def is_secret_name(name):
+    return bool(SECRET_NAME.search(str(name)))

@@ -1,0 +1,54 @@
+"""Prompts from template files (``mumath/prompts/``), formatted with the model's chat template.
+
+A mode (``tir``, ``cot``) is a template ``<mode>.txt`` holding ``{question}``, plus optional few-shot
+examples ``fewshot_<mode>.jsonl`` (question, solution) given as earlier chat turns. A run may point
+`prompt_dir` at its own folder of the same files.
+"""
+import json
+from pathlib import Path
+
+PROMPT_DIR = Path(__file__).with_name("prompts")
+MODES = ("tir", "cot")
+
+
+def read_template(mode, prompt_dir=None):
+    path = Path(prompt_dir or PROMPT_DIR) / f"{mode}.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"no prompt template {path} for mode '{mode}' (modes: {', '.join(MODES)})")
+    return path.read_text().strip()
+
+
+def read_fewshot(mode, prompt_dir=None):
+    path = Path(prompt_dir or PROMPT_DIR) / f"fewshot_{mode}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_system(prompt_dir=None):
+    path = Path(prompt_dir or PROMPT_DIR) / "system.txt"
+    return path.read_text().strip() if path.exists() else None
+
+
+def user_message(question, mode, prompt_dir=None):
+    # str.replace, not str.format: questions are full of LaTeX braces.
+    return read_template(mode, prompt_dir).replace("{question}", question)
+
+
+def build_messages(question, mode, few_shot=0, prompt_dir=None):
+    """Chat messages for one problem: system, `few_shot` solved examples, then the question."""
+    system = read_system(prompt_dir)
+    messages = [{"role": "system", "content": system}] if system else []
+    examples = read_fewshot(mode, prompt_dir)
+    if few_shot > len(examples):
+        raise ValueError(f"parameter 'few_shot' is {few_shot} but mode '{mode}' has {len(examples)} examples")
+    for example in examples[:few_shot]:
+        messages.append({"role": "user", "content": user_message(example["question"], mode, prompt_dir)})
+        messages.append({"role": "assistant", "content": example["solution"]})
+    messages.append({"role": "user", "content": user_message(question, mode, prompt_dir)})
+    return messages
+
+
+def render_prompt(tokenizer, messages):
+    """Chat messages -> the text the model continues (generation prompt appended)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
