@@ -26,7 +26,7 @@ class EvalConfig:
     n_samples: int = 1
     sampling: Sampling = None
     carry_state: bool = False
-    chunk_size: int = 64
+    chunk_size: int = 256
     prompt_dir: str = None
 
     def __post_init__(self):
@@ -68,33 +68,50 @@ def _rewrite_without_torn_tail(path, rows):
 
 def evaluate_records(backend, tokenizer, executor, records, config, out_dir, benchmark="", progress=True):
     """Run (or resume) one benchmark in one mode; returns its metrics."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "trajectories.jsonl"
-    done_rows = read_jsonl(path)
-    _rewrite_without_torn_tail(path, done_rows)
-    done = {(row["id"], row["sample"]) for row in done_rows}
-    todo = [(record, sample) for record in records for sample in range(config.n_samples)
-            if (record["id"], sample) not in done]
-    bar = tqdm(total=len(todo), desc=f"{benchmark} {config.mode}", disable=not progress)
+    return evaluate_suites(backend, tokenizer, executor, {benchmark: (records, out_dir)}, config, progress)[0]
+
+
+def evaluate_suites(backend, tokenizer, executor, suites, config, progress=True):
+    """Run (or resume) several benchmarks in one mode, batched together; returns metrics per benchmark.
+
+    `suites` maps a benchmark name to (records, out_dir). Pending problems of all benchmarks share
+    the generation batches, so small per-benchmark samples still fill the model's batch.
+    """
+    todo = []
+    for benchmark, (records, out_dir) in suites.items():
+        path = Path(out_dir) / "trajectories.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done_rows = read_jsonl(path)
+        _rewrite_without_torn_tail(path, done_rows)
+        done = {(row["id"], row["sample"]) for row in done_rows}
+        todo += [(benchmark, path, record, sample) for record in records for sample in range(config.n_samples)
+                 if (record["id"], sample) not in done]
+    bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
     for start in range(0, len(todo), config.chunk_size):
         chunk = todo[start:start + config.chunk_size]
         prompts = [render_prompt(tokenizer, build_messages(record["question"], config.mode, config.few_shot,
-                                                           config.prompt_dir)) for record, _ in chunk]
+                                                           config.prompt_dir)) for _, _, record, _ in chunk]
         sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
                             config.sampling.seed + start)
         trajectories = run_tool_loop(backend, prompts, executor, sampling, max_rounds=config.max_rounds,
                                      execute=config.mode == "tir", carry_state=config.carry_state)
-        append_jsonl(path, [trajectory_row(record, sample, trajectory, config.mode, benchmark)
-                            for (record, sample), trajectory in zip(chunk, trajectories)])
+        rows_by_path = {}
+        for (benchmark, path, record, sample), trajectory in zip(chunk, trajectories):
+            rows_by_path.setdefault(path, []).append(
+                trajectory_row(record, sample, trajectory, config.mode, benchmark))
+        for path, rows in rows_by_path.items():
+            append_jsonl(path, rows)
         bar.update(len(chunk))
     bar.close()
-    wanted = {record["id"] for record in records}
-    rows = [row for row in read_jsonl(path) if row["id"] in wanted]
-    metrics = compute_metrics(rows, config.n_samples)
-    metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    results = []
+    for benchmark, (records, out_dir) in suites.items():
+        wanted = {record["id"] for record in records}
+        rows = [row for row in read_jsonl(Path(out_dir) / "trajectories.jsonl") if row["id"] in wanted]
+        metrics = compute_metrics(rows, config.n_samples)
+        metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        results.append(metrics)
+    return results
 
 
 def trajectory_row(record, sample, trajectory, mode, benchmark):
@@ -172,7 +189,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
                    max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
                    temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=2, exec_timeout=10.0,
-                   exec_memory_mb=1024, prompt_dir=None, progress=True):
+                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True):
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/evaluate/."""
     from .backends import make_backend
     from .data import load_benchmark
@@ -195,12 +212,12 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     results = []
     with SandboxPool(workers=exec_workers, timeout=exec_timeout, memory_mb=exec_memory_mb) as executor:
-        for spec, records in suites.items():
-            for mode in modes:
-                config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
-                                    sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir)
-                out_dir = Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode
-                results.append(evaluate_records(engine, chat_tokenizer, executor, records, config, out_dir,
-                                                benchmark=spec, progress=progress))
+        for mode in modes:
+            config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
+                                sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
+                                chunk_size=chunk_size)
+            jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
+                    for spec, records in suites.items()}
+            results += evaluate_suites(engine, chat_tokenizer, executor, jobs, config, progress=progress)
     (Path(run_dir) / "evaluate" / "summary.json").write_text(json.dumps(results, indent=2))
     return results

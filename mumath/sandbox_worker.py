@@ -127,6 +127,7 @@ class BoundedWriter:
 def run_snippet(request, workdir, limits):
     """Body of the forked child: confine, run prelude and code, write the error (if any) to a file."""
     confine_child(workdir, limits)
+    snippet_pid = os.getpid()  # processes the snippet forks run this code too; only this one reports
     out_fd = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open("/dev/null", os.O_RDWR)
     os.dup2(null_fd, 0)
@@ -149,6 +150,8 @@ def run_snippet(request, workdir, limits):
             error = f"SystemExit: {exit_.code}"
     except BaseException as exc:  # the snippet's own failure is a result, not a crash
         error = f"{type(exc).__name__}: {exc}".strip()
+    if os.getpid() != snippet_pid:
+        os._exit(0)
     with open("error.txt", "w") as handle:
         handle.write(error or "")
     os._exit(0)

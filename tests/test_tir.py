@@ -1,0 +1,103 @@
+"""The tool-integrated loop: stop at the marker, execute for real, append, continue."""
+import pytest
+
+from mumath.backends import Completion, Sampling, TransformersBackend, cut_at_stop
+from mumath.executor import SandboxPool
+from mumath.prompts import build_messages, read_fewshot, render_prompt
+from mumath.tir import OUTPUT_MARKER, code_blocks, last_code_block, run_tool_loop
+
+
+class ScriptedBackend:
+    """Plays back fixed turns per prompt (a stand-in model; the HTTP path has its own real-server tests)."""
+
+    def __init__(self, scripts):
+        self.scripts, self.calls = scripts, []
+
+    def complete(self, prompts, sampling, stop=()):
+        self.calls.append(len(prompts))
+        out = []
+        for prompt in prompts:
+            script = next(s for key, s in self.scripts.items() if prompt.startswith(key))
+            text, finish = script.pop(0)
+            text, stopped = cut_at_stop(text, stop)
+            out.append(Completion(text, "stop" if stopped else finish, 10, 5))
+        return out
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(workers=2, timeout=3) as sandbox:
+        yield sandbox
+
+
+def test_executes_appends_and_continues(pool):
+    backend = ScriptedBackend({
+        "A": [("Compute.\n```python\nprint(6 * 7)\n```\n```output\nFAKE", "stop"), ("So \\boxed{42}.", "eos")],
+        "B": [("Direct: \\boxed{1}", "eos")],
+    })
+    a, b = run_tool_loop(backend, ["A", "B"], pool, Sampling(), max_rounds=3)
+    assert a.generation == "Compute.\n```python\nprint(6 * 7)\n```\n```output\n42\n```\nSo \\boxed{42}."
+    assert "FAKE" not in a.generation, "the model's own guess of the output is discarded"
+    assert a.rounds == 2 and a.finish == "eos" and a.executions[0]["output"] == "42"
+    assert b.rounds == 1 and b.executions == []
+    assert backend.calls == [2, 1], "all unfinished problems advance together"
+
+
+def test_errors_are_fed_back(pool):
+    backend = ScriptedBackend({"P": [("```python\nprint(1/0)\n```\n", "stop"), ("fixed \\boxed{0}", "eos")]})
+    [t] = run_tool_loop(backend, ["P"], pool, Sampling())
+    assert "```output\nZeroDivisionError: division by zero\n```" in t.generation
+
+
+def test_max_rounds_bounds_execution(pool):
+    turn = ("```python\nprint(1)\n```\n", "stop")
+    backend = ScriptedBackend({"P": [turn, turn, turn]})
+    [t] = run_tool_loop(backend, ["P"], pool, Sampling(), max_rounds=2)
+    assert len(t.executions) == 2 and t.rounds == 3 and t.finish == "max_rounds"
+
+
+def test_marker_without_code_ends(pool):
+    [t] = run_tool_loop(ScriptedBackend({"P": [("no code ```output", "stop")]}), ["P"], pool, Sampling())
+    assert t.finish == "no_code" and t.executions == []
+
+
+def test_cot_mode_never_executes(pool):
+    backend = ScriptedBackend({"P": [("```python\nprint(1)\n```\n```output\n1\n```\n\\boxed{1}", "eos")]})
+    [t] = run_tool_loop(backend, ["P"], pool, Sampling(), execute=False)
+    assert t.executions == [] and t.generation.endswith("\\boxed{1}")
+
+
+def test_carry_state(pool):
+    turns = [("```python\nx = 41\n```\n", "stop"), ("```python\nprint(x + 1)\n```\n", "stop"), ("\\boxed{42}", "eos")]
+    [fresh] = run_tool_loop(ScriptedBackend({"P": list(turns)}), ["P"], pool, Sampling())
+    [carried] = run_tool_loop(ScriptedBackend({"P": list(turns)}), ["P"], pool, Sampling(), carry_state=True)
+    assert "NameError" in fresh.executions[1]["output"] and carried.executions[1]["output"] == "42"
+
+
+def test_last_code_block_ignores_executed_blocks():
+    text = "```python\na\n```\n```output\n1\n```\n"
+    assert last_code_block(text) is None
+    assert last_code_block(text + "```python\nb\n```\n") == "b\n"
+    assert code_blocks(text + "```python\nb\n```\n") == ["a\n", "b\n"]
+
+
+def test_fewshot_outputs_are_real(pool):
+    """Few-shot TIR examples show outputs; each must be what its code really prints."""
+    for example in read_fewshot("tir"):
+        blocks = code_blocks(example["solution"])
+        shown = [part.split("\n```")[0] for part in example["solution"].split(OUTPUT_MARKER + "\n")[1:]]
+        assert [pool.execute(code).as_output() for code in blocks] == shown
+
+
+def test_real_model_round_trip(embedded, pool):
+    """The embedded model through the same loop: every output in the text is the sandbox's real output."""
+    model, tokenizer = embedded
+    questions = ["What is 12 * 7?", "Tom has 3 apples and buys 5 more. How many apples does he have?"]
+    prompts = [render_prompt(tokenizer, build_messages(q, "tir", few_shot=2)) for q in questions]
+    backend = TransformersBackend(model, tokenizer, batch_size=2, progress=False)
+    trajectories = run_tool_loop(backend, prompts, pool, Sampling(max_new_tokens=96), max_rounds=2)
+    for t in trajectories:
+        assert t.rounds >= 1 and t.completion_tokens > 0 and t.finish
+        for execution in t.executions:
+            assert f"```output\n{execution['output']}\n```" in t.generation
+            assert pool.execute(execution["code"]).as_output() == execution["output"]
