@@ -1,0 +1,72 @@
+"""Sandbox executor throughput vs a fresh `python -c` per snippet: same 500 snippets, 2 at a time.
+
+    python benchmarks/executor.py [--snippets 500] [--workers 2]
+
+Writes benchmarks/results/executor.json. The snippets mimic model-written solutions: half plain
+arithmetic, half sympy (which a fresh interpreter must import every time; the pool's workers import it
+once and fork).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mumath.executor import SAFE_ENV, SandboxPool  # noqa: E402
+
+PLAIN = "price = {i} * 3\ndiscount = price * 0.25\nprint(price - discount)"
+SYMPY = "from sympy import symbols, solve\nx = symbols('x')\nprint(solve(2*x + {i} - 17, x))"
+
+
+def snippets(count):
+    return [(SYMPY if i % 2 else PLAIN).format(i=i) for i in range(count)]
+
+
+def fresh_interpreter(code, timeout=10):
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=timeout,
+                            env=dict(SAFE_ENV))
+    return result.stdout.strip()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--snippets", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "executor.json"))
+    args = parser.parse_args()
+    codes = snippets(args.snippets)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.workers) as threads:
+        baseline_out = list(threads.map(fresh_interpreter, codes))
+    baseline_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with SandboxPool(workers=args.workers, timeout=10) as pool:
+        startup_s = time.perf_counter() - started
+        run_started = time.perf_counter()
+        pool_out = [r.stdout.strip() for r in pool.execute_many(codes)]
+        pool_run_s = time.perf_counter() - run_started
+    pool_s = time.perf_counter() - started
+
+    assert pool_out == baseline_out, "the sandbox must print what a plain interpreter prints"
+    result = {
+        "snippets": len(codes), "workers": args.workers, "cpus": os.cpu_count(), "machine": platform.machine(),
+        "fresh_python_s": round(baseline_s, 2), "fresh_python_per_s": round(len(codes) / baseline_s, 1),
+        "sandbox_total_s": round(pool_s, 2), "sandbox_startup_s": round(startup_s, 2),
+        "sandbox_per_s": round(len(codes) / pool_s, 1),
+        "speedup_including_startup": round(baseline_s / pool_s, 1),
+        "speedup_steady_state": round(baseline_s / pool_run_s, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
