@@ -21,7 +21,7 @@ from mumath.data import load_benchmark  # noqa: E402
 from mumath.executor import SandboxPool  # noqa: E402
 from mumath.grading import extract_answer, is_equivalent  # noqa: E402
 from mumath.models import load_model  # noqa: E402
-from mumath.prompts import build_messages, render_prompt  # noqa: E402
+from mumath.prompts import build_messages  # noqa: E402
 from mumath.tir import OUTPUT_MARKER, Trajectory, format_output, last_code_block, run_tool_loop  # noqa: E402
 
 
@@ -71,9 +71,9 @@ def main():
     model, tokenizer = load_model(args.model, device=args.device)
     device = str(model.device)
     records = load_benchmark("gsm8k", "test", data_dir=args.data_dir, limit=args.problems, seed=0)
-    prompts = [render_prompt(tokenizer, build_messages(r["question"], "tir", args.few_shot)) for r in records]
-    sampling = Sampling(max_new_tokens=args.max_new_tokens)
     backend = TransformersBackend(model, tokenizer, batch_size=args.batch_size, progress=False)
+    prompts = [backend.format_prompt(build_messages(r["question"], "tir", args.few_shot)) for r in records]
+    sampling = Sampling(max_new_tokens=args.max_new_tokens)
     with SandboxPool(workers=args.workers, timeout=10) as pool:
         ours, ours_s = timed("mumath loop", lambda: run_tool_loop(backend, prompts, pool, sampling, args.max_rounds))
         naive, naive_s = timed("naive loop", lambda: naive_tool_loop(backend, prompts, pool, sampling,

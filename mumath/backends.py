@@ -1,7 +1,7 @@
-"""Text-completion backends: a local transformers model, or any OpenAI-compatible server.
+"""Generation backends: a local transformers model, any OpenAI-compatible server, or a chat API.
 
-Both take fully formatted prompts (chat template already applied, see `prompts.py`) and return one
-`Completion` per prompt, cut before the first stop string. `finish` says why generation ended:
+Each turns chat messages into its kind of prompt (`format_prompt`) and completes a list of prompts
+(`complete`), returning one `Completion` per prompt, cut before the first stop string. `finish` says why generation ended:
 ``stop`` (a stop string), ``eos`` (end of turn) or ``length`` (token budget).
 """
 import asyncio
@@ -40,16 +40,22 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model, tokenizer, batch_size=16, progress=True):
+        self.identity = f"transformers:{getattr(model, 'name_or_path', '') or model.config.name_or_path}"
         self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
         self.tokenizer.padding_side = "left"
 
-    def complete(self, prompts, sampling, stop=()):
+    def format_prompt(self, messages):
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def complete(self, prompts, sampling, stop=(), on_result=None):
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
         results = [None] * len(prompts)
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2, leave=False):
             for index, completion in zip(batch, self.generate_batch([prompts[i] for i in batch], sampling, stop)):
                 results[index] = completion
+                if on_result is not None:
+                    on_result(index, completion)
         return results
 
     def generate_batch(self, prompts, sampling, stop):
@@ -96,10 +102,17 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, base_url, model, api_key_env="OPENAI_API_KEY", max_concurrency=16, timeout=600.0,
-                 max_retries=3, progress=True):
+                 max_retries=3, progress=True, tokenizer=None):
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
         self.max_concurrency, self.timeout, self.max_retries = max_concurrency, timeout, max_retries
-        self.progress = progress
+        self.progress, self.tokenizer = progress, tokenizer
+        self.identity = f"{self.name}:{base_url or 'api.openai.com'}:{model}"
+
+    def format_prompt(self, messages):
+        if self.tokenizer is None:
+            raise ValueError("the openai completions backend formats chat prompts with a tokenizer: set "
+                             "parameter 'tokenizer' (or use backend 'openai-chat')")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _client(self):
         from openai import AsyncOpenAI
@@ -107,10 +120,16 @@ class OpenAIBackend:
         return AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
                            timeout=self.timeout, max_retries=self.max_retries)
 
-    def complete(self, prompts, sampling, stop=()):
-        return run_coroutine(self._complete_all(prompts, sampling, list(stop)))
+    def complete(self, prompts, sampling, stop=(), on_result=None):
+        return run_coroutine(self._complete_all(prompts, sampling, list(stop), on_result))
 
-    async def _complete_all(self, prompts, sampling, stop):
+    async def _request(self, client, prompt, sampling, stop, seed):
+        response = await client.completions.create(
+            model=self.model, prompt=prompt, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, stop=stop or None, seed=seed)
+        return self._to_completion(response, stop)
+
+    async def _complete_all(self, prompts, sampling, stop, on_result=None):
         client = self._client()
         limit = asyncio.Semaphore(self.max_concurrency)
         bar = tqdm(total=len(prompts), desc="requests", disable=not self.progress or len(prompts) < 2,
@@ -118,12 +137,11 @@ class OpenAIBackend:
 
         async def one(index, prompt):
             async with limit:
-                response = await client.completions.create(
-                    model=self.model, prompt=prompt, max_tokens=sampling.max_new_tokens,
-                    temperature=sampling.temperature, top_p=sampling.top_p, stop=stop or None,
-                    seed=sampling.seed + index)
+                completion = await self._request(client, prompt, sampling, stop, sampling.seed + index)
             bar.update()
-            return self._to_completion(response, stop)
+            if on_result is not None:
+                on_result(index, completion)
+            return completion
 
         try:
             return await asyncio.gather(*(one(index, prompt) for index, prompt in enumerate(prompts)))
@@ -148,6 +166,59 @@ class OpenAIBackend:
         usage = response.usage
         return Completion(text, finish, getattr(usage, "prompt_tokens", 0) or 0,
                           getattr(usage, "completion_tokens", 0) or 0)
+
+
+class ChatPrompt:
+    """Chat messages plus the assistant's partial reply so far; `prompt + text` extends the partial reply.
+
+    This is what the tool loop hands a chat-only API: it concatenates generations onto prompts, and this
+    makes that mean "continue the assistant turn".
+    """
+
+    def __init__(self, messages, partial=""):
+        self.messages, self.partial = [dict(m) for m in messages], partial
+
+    def __add__(self, text):
+        return ChatPrompt(self.messages, self.partial + text)
+
+    def __len__(self):
+        return sum(len(m["content"]) for m in self.messages) + len(self.partial)
+
+    def to_messages(self):
+        return self.messages + ([{"role": "assistant", "content": self.partial}] if self.partial else [])
+
+    def cache_text(self):
+        import json
+
+        return json.dumps(self.to_messages(), ensure_ascii=False)
+
+
+class OpenAIChatBackend(OpenAIBackend):
+    """`/v1/chat/completions` (the OpenAI API, or a server's chat endpoint).
+
+    A partial assistant reply goes back as the last assistant message; `continue_final_message` asks
+    vLLM / SGLang to continue it in place, and other servers (and OpenAI) answer with its continuation.
+    """
+
+    name = "openai-chat"
+
+    def __init__(self, *args, continue_final_message=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.continue_final_message = continue_final_message
+
+    def format_prompt(self, messages):
+        return ChatPrompt(messages)
+
+    async def _request(self, client, prompt, sampling, stop, seed):
+        extra = {}
+        if prompt.partial and self.continue_final_message:
+            extra = {"extra_body": {"continue_final_message": True, "add_generation_prompt": False}}
+        response = await client.chat.completions.create(
+            model=self.model, messages=prompt.to_messages(), max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature, top_p=sampling.top_p, stop=stop or None, seed=seed, **extra)
+        choice = response.choices[0]
+        choice.text = choice.message.content or ""
+        return self._to_completion(response, stop)
 
 
 def ends_with_unexecuted_code(text):
@@ -179,18 +250,29 @@ def run_coroutine(coroutine):
     return box["result"]
 
 
+BACKENDS = ["transformers", "openai", "openai-chat"]
+
+
 def make_backend(backend="transformers", model="embedded", base_url=None, api_model=None, batch_size=16,
-                 max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True):
+                 max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True, tokenizer=None,
+                 max_retries=3):
     """The backend a run's parameters ask for."""
     if backend == "transformers":
         from .models import load_model
 
         loaded, tokenizer = load_model(model, dtype=dtype)
         return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
-    if backend == "openai":
+    if backend in ("openai", "openai-chat"):
         if not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(api_key_env):
-            raise ValueError("backend 'openai' needs parameter 'base_url' (a server) or the environment "
+            raise ValueError(f"backend '{backend}' needs parameter 'base_url' (a server) or the environment "
                              f"variable {api_key_env} (the OpenAI API)")
+        if backend == "openai-chat":
+            return OpenAIChatBackend(base_url or os.environ.get("OPENAI_BASE_URL"), api_model or model,
+                                     api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress,
+                                     max_retries=max_retries)
+        from .models import load_tokenizer
+
         return OpenAIBackend(base_url or os.environ.get("OPENAI_BASE_URL"), api_model or model,
-                             api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress)
-    raise ValueError(f"parameter 'backend': '{backend}' is not one of ['transformers', 'openai']")
+                             api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress,
+                             tokenizer=load_tokenizer(tokenizer or model), max_retries=max_retries)
+    raise ValueError(f"parameter 'backend': '{backend}' is not one of {BACKENDS}")

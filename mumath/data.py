@@ -222,3 +222,13 @@ def load_benchmark(name, split="test", data_dir=None, limit=None, seed=0, extra=
 
 def _question_key(question):
     return re.sub(r"\s+", " ", question).strip()
+
+
+def load_many(specs, default_split="test", data_dir=None, limit=None, seed=0, extra=None, inputs=None):
+    """Records of several 'name' / 'name:split' specs, concatenated (each sampled to `limit`)."""
+    records = []
+    for spec in specs:
+        name, _, split = spec.partition(":")
+        records += load_benchmark(name, split or default_split, data_dir=data_dir, limit=limit, seed=seed,
+                                  extra=extra, inputs=inputs)
+    return records

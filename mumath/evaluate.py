@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .backends import Sampling
 from .grading import extract_answer, is_equivalent
-from .prompts import build_messages, render_prompt
+from .prompts import build_messages
+from .records import append_jsonl, read_jsonl, write_jsonl
 from .tir import run_tool_loop
 
 
@@ -35,43 +36,18 @@ class EvalConfig:
             raise ValueError("parameter 'n_samples' > 1 (maj@k) needs 'temperature' > 0")
 
 
-def read_jsonl(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed run: everything before it is kept
-    return rows
-
-
-def append_jsonl(path, rows):
-    with open(path, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-
-
 def _rewrite_without_torn_tail(path, rows):
     """Drop a partial last line (left by a kill mid-write) so appends start on a clean line."""
     if path.exists() and sum(1 for _ in open(path)) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_jsonl(path, rows)
 
 
-def evaluate_records(backend, tokenizer, executor, records, config, out_dir, benchmark="", progress=True):
+def evaluate_records(backend, executor, records, config, out_dir, benchmark="", progress=True):
     """Run (or resume) one benchmark in one mode; returns its metrics."""
-    return evaluate_suites(backend, tokenizer, executor, {benchmark: (records, out_dir)}, config, progress)[0]
+    return evaluate_suites(backend, executor, {benchmark: (records, out_dir)}, config, progress)[0]
 
 
-def evaluate_suites(backend, tokenizer, executor, suites, config, progress=True):
+def evaluate_suites(backend, executor, suites, config, progress=True):
     """Run (or resume) several benchmarks in one mode, batched together; returns metrics per benchmark.
 
     `suites` maps a benchmark name to (records, out_dir). Pending problems of all benchmarks share
@@ -89,8 +65,8 @@ def evaluate_suites(backend, tokenizer, executor, suites, config, progress=True)
     bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
     for start in range(0, len(todo), config.chunk_size):
         chunk = todo[start:start + config.chunk_size]
-        prompts = [render_prompt(tokenizer, build_messages(record["question"], config.mode, config.few_shot,
-                                                           config.prompt_dir)) for _, _, record, _ in chunk]
+        prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
+                                                        config.prompt_dir)) for _, _, record, _ in chunk]
         sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
                             config.sampling.seed + start)
         trajectories = run_tool_loop(backend, prompts, executor, sampling, max_rounds=config.max_rounds,
@@ -195,17 +171,18 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     from .data import load_benchmark
     from .executor import SandboxPool
     from .manifest import record_inputs
-    from .models import load_tokenizer, resolve_model_path
+    from .models import resolve_model_path
 
     inputs = []
     suites = {spec: load_benchmark(*parse_benchmark_spec(spec, split), data_dir=data_dir, limit=limit,
                                    seed=seed, extra=extra_benchmarks, inputs=inputs) for spec in benchmarks}
     engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
-                          max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress)
-    chat_tokenizer = engine.tokenizer if backend == "transformers" else load_tokenizer(tokenizer or model)
-    local_model = resolve_model_path(tokenizer or model) if backend == "openai" else resolve_model_path(model)
-    if Path(local_model).exists():
-        inputs.append(local_model)
+                          max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress,
+                          tokenizer=tokenizer)
+    if backend != "openai-chat":
+        local_model = resolve_model_path(tokenizer or model) if backend == "openai" else resolve_model_path(model)
+        if Path(local_model).exists():
+            inputs.append(local_model)
     if prompt_dir:
         inputs.append(prompt_dir)
     record_inputs(run_dir, inputs)
@@ -218,6 +195,6 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                                 chunk_size=chunk_size)
             jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
-            results += evaluate_suites(engine, chat_tokenizer, executor, jobs, config, progress=progress)
+            results += evaluate_suites(engine, executor, jobs, config, progress=progress)
     (Path(run_dir) / "evaluate" / "summary.json").write_text(json.dumps(results, indent=2))
     return results

@@ -1,8 +1,9 @@
-"""Prompts from template files (``mumath/prompts/``), formatted with the model's chat template.
+"""Prompts from template files (``mumath/prompts/``), as chat messages.
 
 A mode (``tir``, ``cot``) is a template ``<mode>.txt`` holding ``{question}``, plus optional few-shot
 examples ``fewshot_<mode>.jsonl`` (question, solution) given as earlier chat turns. A run may point
-`prompt_dir` at its own folder of the same files.
+`prompt_dir` at its own folder of the same files. Backends turn the messages into their prompt kind
+(`backend.format_prompt`): a chat-templated string, or chat messages for chat APIs.
 """
 import json
 from pathlib import Path
@@ -35,8 +36,12 @@ def user_message(question, mode, prompt_dir=None):
     return read_template(mode, prompt_dir).replace("{question}", question)
 
 
-def build_messages(question, mode, few_shot=0, prompt_dir=None):
-    """Chat messages for one problem: system, `few_shot` solved examples, then the question."""
+def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None):
+    """Chat messages for one problem: system, `few_shot` solved examples, then the question.
+
+    `template` names another template file (e.g. ``synth_tir``) for the question turn; the examples
+    stay those of `mode`.
+    """
     system = read_system(prompt_dir)
     messages = [{"role": "system", "content": system}] if system else []
     examples = read_fewshot(mode, prompt_dir)
@@ -45,10 +50,5 @@ def build_messages(question, mode, few_shot=0, prompt_dir=None):
     for example in examples[:few_shot]:
         messages.append({"role": "user", "content": user_message(example["question"], mode, prompt_dir)})
         messages.append({"role": "assistant", "content": example["solution"]})
-    messages.append({"role": "user", "content": user_message(question, mode, prompt_dir)})
+    messages.append({"role": "user", "content": user_message(question, template or mode, prompt_dir)})
     return messages
-
-
-def render_prompt(tokenizer, messages):
-    """Chat messages -> the text the model continues (generation prompt appended)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -9,11 +9,6 @@ from mumath.executor import SandboxPool
 from tests.test_tir import ScriptedBackend
 
 
-class Tok:
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return messages[-1]["content"]
-
-
 def row(id_, sample, correct, pred="1"):
     return {"id": id_, "sample": sample, "correct": correct, "pred": pred, "executions": [], "rounds": 1,
             "finish": "eos", "prompt_tokens": 1, "completion_tokens": 1}
@@ -40,7 +35,7 @@ def test_resume_skips_finished_problems_and_survives_a_torn_line(tmp_path):
     (out / "trajectories.jsonl").write_text(json.dumps(done) + "\n" + '{"id": "q1", "sam')
     backend = ScriptedBackend({f"Q{i}": [(f"\\boxed{{{i}}}", "eos")] for i in (1, 2)})
     with SandboxPool(workers=1, timeout=2) as pool:
-        metrics = evaluate_records(backend, Tok(), pool, records, EvalConfig(mode="cot"), out, "gsm8k",
+        metrics = evaluate_records(backend, pool, records, EvalConfig(mode="cot"), out, "gsm8k",
                                    progress=False)
     assert backend.calls == [2], "only the two unfinished problems were generated"
     rows = read_jsonl(out / "trajectories.jsonl")

@@ -7,7 +7,7 @@ from mumath.backends import OpenAIBackend, Sampling
 from mumath.evaluate import run_evaluation
 from mumath.executor import SandboxPool
 from mumath.models import load_tokenizer
-from mumath.prompts import build_messages, render_prompt
+from mumath.prompts import build_messages
 from mumath.tir import run_tool_loop
 
 pytestmark = pytest.mark.server
@@ -36,9 +36,8 @@ def test_many_requests_in_flight(llama_server):
 
 
 def test_tool_loop_through_the_server(llama_server):
-    tokenizer = load_tokenizer("embedded")
-    prompt = render_prompt(tokenizer, build_messages("What is 12 * 7?", "tir", few_shot=2))
-    backend = OpenAIBackend(llama_server.base_url, "embedded", progress=False)
+    backend = OpenAIBackend(llama_server.base_url, "embedded", progress=False, tokenizer=load_tokenizer("embedded"))
+    prompt = backend.format_prompt(build_messages("What is 12 * 7?", "tir", few_shot=2))
     with SandboxPool(workers=1, timeout=5) as pool:
         [t] = run_tool_loop(backend, [prompt], pool, Sampling(max_new_tokens=128), max_rounds=2)
     assert t.rounds >= 1 and t.completion_tokens > 0

@@ -3,7 +3,7 @@ import pytest
 
 from mumath.backends import Completion, Sampling, TransformersBackend, cut_at_stop
 from mumath.executor import SandboxPool
-from mumath.prompts import build_messages, read_fewshot, render_prompt
+from mumath.prompts import build_messages, read_fewshot
 from mumath.tir import OUTPUT_MARKER, code_blocks, last_code_block, run_tool_loop
 
 
@@ -13,7 +13,10 @@ class ScriptedBackend:
     def __init__(self, scripts):
         self.scripts, self.calls = scripts, []
 
-    def complete(self, prompts, sampling, stop=()):
+    def format_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def complete(self, prompts, sampling, stop=(), on_result=None):
         self.calls.append(len(prompts))
         out = []
         for prompt in prompts:
@@ -21,6 +24,8 @@ class ScriptedBackend:
             text, finish = script.pop(0)
             text, stopped = cut_at_stop(text, stop)
             out.append(Completion(text, "stop" if stopped else finish, 10, 5))
+            if on_result is not None:
+                on_result(len(out) - 1, out[-1])
         return out
 
 
@@ -93,8 +98,8 @@ def test_real_model_round_trip(embedded, pool):
     """The embedded model through the same loop: every output in the text is the sandbox's real output."""
     model, tokenizer = embedded
     questions = ["What is 12 * 7?", "Tom has 3 apples and buys 5 more. How many apples does he have?"]
-    prompts = [render_prompt(tokenizer, build_messages(q, "tir", few_shot=2)) for q in questions]
     backend = TransformersBackend(model, tokenizer, batch_size=2, progress=False)
+    prompts = [backend.format_prompt(build_messages(q, "tir", few_shot=2)) for q in questions]
     trajectories = run_tool_loop(backend, prompts, pool, Sampling(max_new_tokens=96), max_rounds=2)
     for t in trajectories:
         assert t.rounds >= 1 and t.completion_tokens > 0 and t.finish
