@@ -29,3 +29,11 @@ def test_one_parameters_cell_and_a_kernel(path):
     assert len(tagged) == 1
     assert notebook.metadata["kernelspec"]["name"] == "python3" and notebook.metadata["language_info"]["name"]
     assert "run_dir" in notebook_parameters(path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path):
+    """papermill's own parser must see what ours sees (it silently skips lines it cannot parse)."""
+    import papermill
+
+    assert set(papermill.inspect_notebook(str(path))) == set(notebook_parameters(path))

@@ -21,11 +21,17 @@ def write_params(tmp_path, **params):
     return path
 
 
-def tiny(run="tiny", **evaluate):
+def tiny(run="tiny", with_data_steps=False, **evaluate):
     settings = dict(benchmarks=["gsm8k", "svamp"], limit=1, modes=["tir"], max_new_tokens=24, max_rounds=1,
                     exec_workers=1, few_shot=1)
     settings.update(evaluate)
-    return dict(run=run, seed=0, model="embedded", steps={"evaluate": settings})
+    steps = {"evaluate": settings}
+    if with_data_steps:
+        steps["augment"] = dict(methods={"rephrase": 1, "fobar": 1}, max_new_tokens=24)
+        steps["synthesize"] = dict(stages={"tir": 1}, max_new_tokens=24, max_rounds=1, exec_workers=1)
+        return dict(run=run, seed=0, model="embedded", teacher_model="embedded", seed_benchmarks=["gsm8k:train"],
+                    seeds_per_benchmark=1, steps=steps)
+    return dict(run=run, seed=0, model="embedded", steps=steps)
 
 
 @pytest.mark.parametrize("params,message", [
@@ -78,14 +84,20 @@ def run_cli(path, outputs, *extra):
 
 @pytest.mark.slow
 def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir):
-    path = write_params(tmp_path, data_dir=str(data_dir), **tiny())
+    path = write_params(tmp_path, data_dir=str(data_dir), **tiny(with_data_steps=True))
     first = run_cli(path, tmp_path / "out")
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "out" / "tiny"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and manifest["steps"]["evaluate"]["status"] == "completed"
+    assert manifest["status"] == "completed" and list(manifest["steps"]) == ["augment", "synthesize", "evaluate"]
+    assert all(step["status"] == "completed" for step in manifest["steps"].values())
+    questions = [json.loads(line) for line in open(run_dir / "augment" / "questions.jsonl")]
+    assert {q["method"] for q in questions} <= {"rephrase", "fobar"} and any(q["method"] == "fobar" for q in questions)
+    solutions = [json.loads(line) for line in open(run_dir / "synthesize" / "tir.jsonl")]
+    assert len(solutions) == 1 + len(questions) and all(s["messages"][1]["role"] == "assistant" for s in solutions)
+    assert (run_dir / "cache" / "teacher.jsonl").exists()
     assert manifest["git"]["commit"] and manifest["packages"]["transformers"] and manifest["hardware"]["cpus"]
-    assert manifest["seeds"] == {"evaluate": 0} and manifest["params"]["evaluate"]["limit"] == 1
+    assert manifest["seeds"] == {"augment": 0, "synthesize": 0, "evaluate": 0} and manifest["params"]["evaluate"]["limit"] == 1
     data_file = str(Path(data_dir, "gsm8k", "test.jsonl").resolve())
     assert manifest["inputs"][data_file] == sha256_file(data_file)
     assert str(path.resolve()) in manifest["inputs"]
@@ -102,7 +114,12 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     again = run_cli(path, tmp_path / "out")
     assert again.returncode == 0 and "reusing" in again.stdout
     assert executed.stat().st_mtime == stamp
-    assert json.loads((run_dir / "manifest.json").read_text())["steps"]["evaluate"]["status"] == "reused"
+    assert {step["status"] for step in json.loads((run_dir / "manifest.json").read_text())["steps"].values()} == {"reused"}
+
+    forced = run_cli(path, tmp_path / "out", "--force", "--only", "synthesize")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    usage = json.loads((run_dir / "synthesize" / "stats.json").read_text())["usage"]
+    assert usage["requests"] == 0 and usage["cache_hits"] > 0, "a forced re-run pays no teacher call"
 
 
 @pytest.mark.slow
