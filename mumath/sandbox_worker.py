@@ -189,19 +189,31 @@ def descendants_of(pid):
     return found
 
 
-def kill_all_descendants():
-    """SIGKILL every process below this worker; it is their subreaper, so orphans are found too."""
-    for _ in range(50):
+def kill_all_descendants(snippet_pgid=None, deadline_s=10.0):
+    """SIGKILL every process below this worker; it is their subreaper, so orphans are found too.
+
+    The snippet's process group goes first, in one kill(2): a fork racing a group kill fails in the
+    kernel, so a fork bomb that stayed in its group cannot outrun it. The sweep catches the rest
+    (processes that left the group with setsid).
+    """
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if snippet_pgid is not None:
+            try:
+                os.killpg(snippet_pgid, signal.SIGKILL)
+            except OSError:
+                pass
         victims = descendants_of(os.getpid())
         if not victims:
-            return
+            return True
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         reap()
-        time.sleep(0.01)
+        time.sleep(0.005)
+    return False
 
 
 def reap():
@@ -237,11 +249,11 @@ def execute(request, root, limits):
     ready, _, _ = select.select([pidfd], [], [], limits["timeout"])
     timed_out = not ready
     status = None
-    if timed_out:
-        kill_all_descendants()
-    else:
+    if not timed_out:
         _, status = os.waitpid(pid, 0)
-        kill_all_descendants()  # background processes the snippet left behind
+    # On timeout, the snippet; otherwise whatever it left running in the background.
+    if not kill_all_descendants(snippet_pgid=pid):
+        os._exit(3)  # could not clean up: die, and let the caller replace this worker
     os.close(pidfd)
     stdout = read_text(os.path.join(workdir, "stdout.txt"), limits["max_output_chars"])
     error = read_text(os.path.join(workdir, "error.txt"), 2000) if not timed_out else ""
