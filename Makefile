@@ -45,9 +45,10 @@ test-fast: setup model
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-bench: setup model
+bench: setup model $(VENV)/.server
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/teacher.py
 
 clean-venv:
 	rm -rf $(VENV)
