@@ -36,11 +36,12 @@ def user_message(question, mode, prompt_dir=None):
     return read_template(mode, prompt_dir).replace("{question}", question)
 
 
-def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None):
+def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None, solution=None):
     """Chat messages for one problem: system, `few_shot` solved examples, then the question.
 
     `template` names another template file (e.g. ``synth_tir``) for the question turn; the examples
-    stay those of `mode`.
+    stay those of `mode`. With `solution`, the conversation ends with it as the assistant turn: that is
+    an SFT row (steps 4-5), built by this same function so that training and evaluation see one format.
     """
     system = read_system(prompt_dir)
     messages = [{"role": "system", "content": system}] if system else []
@@ -51,4 +52,6 @@ def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None):
         messages.append({"role": "user", "content": user_message(example["question"], mode, prompt_dir)})
         messages.append({"role": "assistant", "content": example["solution"]})
     messages.append({"role": "user", "content": user_message(question, template or mode, prompt_dir)})
+    if solution is not None:
+        messages.append({"role": "assistant", "content": solution})
     return messages

@@ -24,6 +24,18 @@ def step_fingerprint(step, params):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def expand_run_dir(value, run_dir):
+    """'{run_dir}' in a string parameter becomes the run folder: a later step names an earlier one's output
+    (``model: "{run_dir}/stage2/final"``) wherever `--outputs` puts the run."""
+    if isinstance(value, str):
+        return value.replace("{run_dir}", str(run_dir))
+    if isinstance(value, list):
+        return [expand_run_dir(item, run_dir) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_run_dir(item, run_dir) for key, item in value.items()}
+    return value
+
+
 def refuse_secrets(params_file, plan):
     for step, params in plan.items():
         for key in params:
@@ -62,8 +74,9 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
                               fingerprint=fingerprint, notebook=str(output), error=None)
             manifest.add_inputs([NOTEBOOK_DIR / STEPS[step]])
             try:
+                parameters = dict(expand_run_dir(params, run_dir), run_dir=str(run_dir))
                 papermill.execute_notebook(
-                    str(NOTEBOOK_DIR / STEPS[step]), str(output), parameters=dict(params, run_dir=str(run_dir)),
+                    str(NOTEBOOK_DIR / STEPS[step]), str(output), parameters=parameters,
                     kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT), log_output=log_output, progress_bar=False)
             except Exception as error:
                 manifest.set_step(step, status="failed", seconds=round(time.time() - started, 1),
