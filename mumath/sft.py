@@ -46,12 +46,13 @@ class TrainConfig:
     max_steps: int = -1               # > 0 overrides epochs
     learning_rate: float = 2e-5
     lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03        # share of the steps (transformers 5: warmup_steps < 1 is a ratio)
     weight_decay: float = 0.0
     global_batch_size: int = 128      # = per-device x accumulation x processes; accumulation is computed
     per_device_batch_size: int = 1
     max_length: int = 2048
     packing: object = None            # True | False | None: per device (AUTO_PACKING)
+    group_by_length: bool = True       # padded batches: draw batches of similar lengths (less padding)
     gradient_checkpointing: bool = False
     precision: str = "auto"           # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
@@ -77,6 +78,8 @@ class TrainConfig:
         for name in ("global_batch_size", "per_device_batch_size", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"parameter '{name}' must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise TrainConfigError(f"parameter 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
         return self
@@ -203,7 +206,10 @@ def fingerprint(config, data_path, init_path):
 
 
 def latest_checkpoint(folder):
-    checkpoints = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint cut by a
+    kill while saving has none and is skipped."""
+    checkpoints = sorted((p for p in Path(folder).glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                         key=lambda p: int(p.name.split("-")[-1]))
     return checkpoints[-1] if checkpoints else None
 
 
@@ -303,30 +309,79 @@ def mfu(params, tokens_per_second, device):
 
 # ---------------------------------------------------------------- training
 
-def sft_arguments(config, out, device, precision, packing, accumulation):
+def sft_arguments(config, out, settings):
     from trl import SFTConfig
 
+    packing, precision = settings["packing"], settings["precision"]
     return SFTConfig(
-        output_dir=str(out / "checkpoints"), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        output_dir=str(Path(out) / "checkpoints"), num_train_epochs=config.epochs, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
-        per_device_train_batch_size=config.per_device_batch_size, gradient_accumulation_steps=accumulation,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
         max_length=config.max_length, packing=packing, packing_strategy="bfd", padding_free=packing,
+        train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
         gradient_checkpointing=config.gradient_checkpointing,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
-        dataset_kwargs={"skip_prepare_dataset": False}, remove_unused_columns=True,
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-        disable_tqdm=False)
+        ddp_find_unused_parameters=False if settings["processes"] > 1 else None)
+
+
+def trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class MuMathSFTTrainer(SFTTrainer):
+        """SFTTrainer, with the model's own loss where TRL's fused LM head has no fast kernel.
+
+        TRL 1.16 always computes the loss through a fused, chunked LM head (Triton on GPUs). Without Triton
+        (CPU) it falls back to a tiled Python kernel over every position, which took two thirds of a step in a
+        profile on the embedded model. There the model computes its own loss from `labels` (same value: sum
+        over target tokens / `num_items_in_batch`); TRL's entropy and token-accuracy metrics are not logged.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if inputs["input_ids"].device.type == "cuda":
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return MuMathSFTTrainer
+
+
+def build_trainer(config, examples, tokenizer, init_path, out, device=None):
+    """The SFTTrainer for pre-tokenized examples, with a token-counting collator and the JSONL log.
+
+    Returns (trainer, counter, settings); `benchmarks/train.py` builds its trainers here too.
+    """
+    from datasets import Dataset
+
+    device = device or device_kind()
+    settings = {"device": device, "processes": world_size(),
+                "precision": resolve_precision(config.precision, device),
+                "packing": resolve_packing(config.packing, device),
+                "attention": resolve_attention(config.attn_implementation, device)}
+    settings["gradient_accumulation_steps"] = accumulation_steps(
+        config.global_batch_size, config.per_device_batch_size, settings["processes"])
+    settings["group_by_length"] = config.group_by_length and not settings["packing"]
+    # Arguments before the model: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
+    args = sft_arguments(config, out, settings)
+    model = load_base_model(config, init_path, settings["precision"], settings["attention"])
+    if settings["group_by_length"]:
+        examples = [dict(example, length=len(example["input_ids"])) for example in examples]
+    dataset = Dataset.from_list(examples)
+    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=lora_config(config) if config.finetune != "full" else None)
+    counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
+    trainer.data_collator = counter
+    for callback in make_callbacks(Path(out) / LOG, counter):
+        trainer.add_callback(callback)
+    return trainer, counter, settings
 
 
 def train(config, print_fn=print):
     """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
-    from datasets import Dataset
-    from peft import PeftModel  # noqa: F401  (import early: fails fast when peft is missing)
-    from trl import SFTTrainer
-
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
     from .train import build_examples, ensure_chat_template, load_rows
@@ -349,12 +404,6 @@ def train(config, print_fn=print):
         prepare_output(out, print_fn, digest)
         write_json(out / CONFIG_FILE, {"fingerprint": digest, "config": asdict(config), "init_path": init_path})
 
-    processes = world_size()
-    accumulation = accumulation_steps(config.global_batch_size, config.per_device_batch_size, processes)
-    precision = resolve_precision(config.precision, device)
-    packing = resolve_packing(config.packing, device)
-    attention = resolve_attention(config.attn_implementation, device)
-
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
     if ensure_chat_template(tokenizer):
@@ -365,17 +414,7 @@ def train(config, print_fn=print):
                                           source=str(config.data))
     if not examples:
         raise TrainConfigError(f"{config.data}: none of its {len(rows)} rows fits max_length {config.max_length}")
-
-    # Arguments before the model: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
-    args = sft_arguments(config, out, device, precision, packing, accumulation)
-    model = load_base_model(config, init_path, precision, attention)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer,
-                         peft_config=lora_config(config) if config.finetune != "full" else None)
-    counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
-    trainer.data_collator = counter
-    for callback in make_callbacks(out / LOG, counter):
-        trainer.add_callback(callback)
+    trainer, counter, settings = build_trainer(config, examples, tokenizer, init_path, out, device)
 
     resume = latest_checkpoint(out / "checkpoints")
     if resume is not None:
@@ -385,17 +424,16 @@ def train(config, print_fn=print):
     seconds = time.perf_counter() - started
     tokens, positions = reduce_counts(counter)
 
-    save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0)
+    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in trainer.model.parameters())
     tokens_per_second = tokens / counter.step_seconds if counter.step_seconds else 0.0
     stats = {
         "stage_dir": str(out), "init_model": str(config.init_model), "data": str(config.data),
-        "finetune": config.finetune, "mode": config.mode, "device": device, "processes": processes,
-        "precision": precision, "attention": attention, "packing": packing,
+        "finetune": config.finetune, "mode": config.mode, **settings,
         "global_batch_size": config.global_batch_size, "per_device_batch_size": config.per_device_batch_size,
-        "gradient_accumulation_steps": accumulation, "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch, "resumed_from": resume.name if resume else None,
+        "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "resumed_from": resume.name if resume else None,
         "train_loss": result.training_loss, "final_loss": last_logged_loss(trainer.state.log_history),
         "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
         "padding_share": round(1 - tokens / positions, 4) if positions else 0.0,

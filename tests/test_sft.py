@@ -138,34 +138,36 @@ def launch_json(config, path):
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint_and_ends_at_the_same_step(tmp_path, tiny_model, rows_file):
-    config = config_for(tmp_path, tiny_model, rows_file, max_steps=12, save_steps=4, global_batch_size=8,
+    config = config_for(tmp_path, tiny_model, rows_file, max_steps=8, save_steps=2, global_batch_size=2,
                         per_device_batch_size=1)
     command = launch_json(config, tmp_path / "launch.json")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    state = Path(config.output_dir) / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 240
+    state = Path(config.output_dir) / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
     while not state.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert state.exists() and not (Path(config.output_dir) / "final").exists(), "killed mid-training"
 
-    resumed = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     stats = json.loads((Path(config.output_dir) / "stats.json").read_text())
-    assert stats["steps"] == 12 and stats["resumed_from"] in {"checkpoint-4", "checkpoint-8"}
+    assert stats["steps"] == 8 and stats["resumed_from"] in {"checkpoint-2", "checkpoint-4", "checkpoint-6"}
     steps = [row["step"] for row in read_log(config.output_dir) if "loss" in row]
-    assert steps == list(range(1, 13)), "each step logged once, the redone ones not twice"
+    assert steps == list(range(1, 9)), "each step logged once, the redone ones not twice"
 
 
 @pytest.mark.slow
 def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
     from mumath.sft import launch
 
-    settings = dict(max_steps=4, global_batch_size=4, per_device_batch_size=2, packing=False)
+    # Batches drawn in the same order by one and by two processes: random order (length grouping sizes its
+    # groups by the per-process batch).
+    settings = dict(max_steps=3, global_batch_size=4, per_device_batch_size=2, packing=False, group_by_length=False)
     one = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "one"), **settings))
     two = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "two"), **settings),
                  num_processes=2)
@@ -174,5 +176,5 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
     losses_one = [row["loss"] for row in read_log(tmp_path / "one") if "loss" in row]
     losses_two = [row["loss"] for row in read_log(tmp_path / "two") if "loss" in row]
     print("one process:", losses_one, "\ntwo processes:", losses_two)
-    assert len(losses_one) == len(losses_two) == 4
+    assert len(losses_one) == len(losses_two) == 3
     assert losses_two == pytest.approx(losses_one, rel=2e-3)
