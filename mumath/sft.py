@@ -396,7 +396,7 @@ def train(config, print_fn=print):
     digest = fingerprint(config, config.data, init_path)
     final = out / FINAL
     done = final / "mumath_train.json"
-    if done.exists() and json.loads(done.read_text()).get("fingerprint") == digest:
+    if done.exists() and (out / STATS).exists() and json.loads(done.read_text()).get("fingerprint") == digest:
         print_fn(f"[train] {final} was trained with this configuration and data; reusing it")
         return json.loads((out / STATS).read_text())
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -457,6 +457,8 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
     import torch
 
     tmp = final.with_name(final.name + ".partial")
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while saving
     if config.finetune == "full":
         trainer.save_model(str(tmp))  # gathers ZeRO-3 / FSDP shards on rank 0
     else:
