@@ -11,7 +11,6 @@ with LoRA the stage-1 adapter is merged first and stage 2 trains a new adapter.
 """
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
