@@ -21,9 +21,11 @@ from pathlib import Path
 
 FINETUNE_MODES = ("full", "lora", "qlora")
 PROMPT_MODES = ("cot", "tir")
-# On CPU a padded batch beats a packed row, which sdpa attends over as a whole (benchmarks/results/
-# train-cpu.json); on a GPU with flash attention packing (padding-free, varlen) pays.
-AUTO_PACKING = {"cpu": False, "cuda": True}
+# Packing (best-fit decreasing, padding-free) per device. Measured on CPU (benchmarks/results/train-cpu.json):
+# one packed row of 1024 tokens per step beats padded batches of 4 (no padding; sdpa attends the row as a
+# whole, which costs little next to the MLPs at this length), so keep per_device_batch_size 1 when packing
+# there. On a GPU, flash attention attends each packed sequence on its own (varlen); not measured here.
+AUTO_PACKING = {"cpu": True, "cuda": True}
 # Dense bf16/fp16 tensor-core peak, FLOP/s, for MFU (first matching name wins).
 PEAK_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("A10", 125e12),
               ("L4", 121e12), ("V100", 125e12), ("T4", 65e12)]
