@@ -21,7 +21,9 @@ import struct
 import sys
 import time
 
-PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 4, 24, 47, 4
+PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 4, 8, 24
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
+CAP_DAC_READ_SEARCH = 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -106,20 +108,26 @@ class CapUserData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def drop_capability_bounding_set():
-    """No capability can come back through execve (needs CAP_SETPCAP, so it runs while still root)."""
+def drop_capability_bounding_set(keep=()):
+    """No capability but `keep` can come back through execve (needs CAP_SETPCAP, so it runs while root)."""
     for capability in range(64):
+        if capability in keep:
+            continue
         if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() == 22:
             break  # EINVAL: past the kernel's last capability
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
-def drop_capabilities():
-    """Clear the effective, permitted and inheritable sets: root (inside or outside a user namespace) keeps
-    only what its uid owns, so it cannot unmount the fresh /proc, trace the worker or override file modes."""
+def set_capabilities(keep=()):
+    """Effective, permitted and inheritable sets = `keep` (usually nothing): root (inside or outside a user
+    namespace) keeps only what its uid owns, so it cannot unmount the fresh /proc, trace the worker, or
+    override file modes."""
+    mask = sum(1 << capability for capability in keep)
     header = CapUserHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (CapUserData * 2)()
+    data = (CapUserData * 2)((mask, mask, mask), (0, 0, 0))
     _libc.capset(ctypes.byref(header), data)
+    for capability in keep:  # ambient: kept across execve, so a subprocess can read what the snippet can
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0)
 
 
 def join_cgroups(paths):
@@ -131,10 +139,13 @@ def join_cgroups(paths):
             handle.write(str(os.getpid()))
 
 
-def become_unprivileged(workdir):
-    """Without namespaces, a root caller's snippet runs as `nobody`: it cannot read root's /proc/<pid>/environ
-    (the caller's secrets) nor root-only files."""
+def become_nobody(workdir):
+    """Without namespaces, a root caller's snippet runs as `nobody`, so it cannot open root's
+    /proc/<pid>/environ (the caller's secrets: that takes the same uid or CAP_SYS_PTRACE). It keeps one
+    capability, CAP_DAC_READ_SEARCH, to read what root could (the Python install may live under /root);
+    writing stays limited to its folder."""
     os.chown(workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    _libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
     os.setgroups([])
     os.setgid(UNPRIVILEGED_UID)
     os.setuid(UNPRIVILEGED_UID)
@@ -159,10 +170,11 @@ def confine_child(workdir, limits):
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
-    drop_capability_bounding_set()
-    if os.geteuid() == 0 and not limits.get("namespaces"):
-        become_unprivileged(workdir)
-    drop_capabilities()
+    keep = (CAP_DAC_READ_SEARCH,) if os.geteuid() == 0 and not limits.get("namespaces") else ()
+    drop_capability_bounding_set(keep)
+    if keep:
+        become_nobody(workdir)
+    set_capabilities(keep)
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     apply_landlock(workdir)
 
