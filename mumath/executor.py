@@ -4,26 +4,25 @@
 numpy and friends once, then forks a fresh child per snippet, so a snippet costs a fork, not an
 interpreter start plus a sympy import.
 
-What it protects against (each has a test in tests/test_executor.py):
-- the caller being taken down: the code runs in another process, in its own session; `os._exit`,
-  `sys.exit`, segfaults and `os.kill(os.getppid(), 9)` end only that process (a Landlock signal scope,
-  ABI >= 6, stops it from signalling anything outside its sandbox);
-- runaway time: a wall-clock `timeout` per snippet (plus RLIMIT_CPU); on timeout the worker kills the
-  snippet's whole process tree (the worker is a child subreaper, so even re-parented orphans are found);
-- runaway memory: RLIMIT_AS of `memory_mb` on top of the pre-imported zygote; a 10 GB allocation raises
-  MemoryError inside the snippet;
-- fork bombs: at most `max_processes` processes per worker, through a pids cgroup of its own when the
-  caller is root and cgroup v1 is writable (root is exempt from RLIMIT_NPROC), else RLIMIT_NPROC;
-- floods of output: stdout is truncated to `max_output_chars`, files to `max_file_bytes`;
-- writes outside its own temporary folder: Landlock (Linux >= 5.13) allows file creation and writes only
-  beneath that folder, and blocks TCP connect/bind (ABI >= 4);
-- secrets: the worker gets a minimal environment (no API keys, no HF tokens).
+The layers, outermost first (README, "The sandbox", has the table of attacks and tests/test_sandbox_attacks.py
+a test for each):
+- namespaces: each worker starts under `unshare` in its own user (root mapped to the caller's uid), pid, mount
+  and network namespaces with a fresh /proc: a snippet sees no process outside its sandbox (so no caller's
+  /proc/<pid>/environ), and has no network. Where the kernel refuses (some containers), a warning, and a root
+  caller's snippets run as `nobody` instead (so root's /proc/<pid>/environ stays closed to them);
+- the channel: requests and replies are framed (magic, length, JSON) and every reply must carry the nonce of
+  its request; the snippet's child holds no descriptor of it (it reports through a pipe of its own) and the
+  worker is not dumpable (no /proc/<worker>/fd). Anything else on the channel fails that one snippet, and the
+  worker is replaced; `execute` and `execute_many` never raise;
+- cgroups (as root, v1 or v2): real memory (`memory_mb`, the OOM killer ends the snippet, reported as a
+  MemoryError) and `max_processes` per worker, holding only the snippet's processes; RLIMIT_AS and
+  RLIMIT_NPROC are the fallback (RLIMIT_AS counts reserved memory: threads hit it long before real use);
+- the child itself: its own process group and folder, no capabilities (none through execve either),
+  RLIMIT_CPU/FSIZE/CORE, a minimal environment, Landlock (writes only beneath its folder, no TCP, no
+  signals out of its domain); a wall-clock `timeout` after which the worker, a subreaper, kills its whole tree.
 
-What it does not protect against: reading files the caller may read (the snippet runs as the caller's
-uid: as root that is every file); a kernel or Landlock escape; on kernels without Landlock, writes
-anywhere the caller may write and signals to the caller's processes; as root without a writable pids
-cgroup, fork bombs (until the timeout kills them). `SandboxPool.landlock_abi` tells what the running kernel gave.
-Use a VM or container when the threat is more than a confused model.
+Not covered: reading files the caller's uid may read (root: every file); a kernel or Landlock escape.
+Use a VM or container when the threat is more than a confused or malicious model.
 """
 import atexit
 import itertools
@@ -43,7 +42,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .sandbox_worker import FRAME_HEADER, FRAME_MAGIC, MAX_FRAME_BYTES
+from .sandbox_worker import FRAME_HEADER, FRAME_MAGIC, MAX_FRAME_BYTES, descendants_of
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 PREIMPORT = ["math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
@@ -281,24 +280,15 @@ def namespaces_available():
 
 
 def _only_child(pid, wait_s=5.0):
+    """The one child of `pid` (the worker under `unshare --fork`), found in the caller's view of /proc."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as handle:
-                children = handle.read().split()
-            if children:
-                return int(children[0])
-        except OSError:
-            break
+        children = descendants_of(pid)
+        if children:
+            return children[0]
         time.sleep(0.01)
     return pid
 
-
-def _owner(pid):
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _cgroup_names = itertools.count()

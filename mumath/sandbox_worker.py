@@ -393,7 +393,7 @@ def execute(request, root, limits):
     if not timed_out:
         reported, error = reported_error(raw) if raw else (False, None)
         oom_after = oom_kills(limits)
-        if oom_before is not None and oom_after is not None and oom_after > oom_before and not error:
+        if not reported and oom_before is not None and oom_after is not None and oom_after > oom_before:
             error = (f"MemoryError: the snippet used more than memory_mb={limits['memory_mb']} MiB "
                      "and was killed")
         elif not reported and status is not None and not error:
