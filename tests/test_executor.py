@@ -9,7 +9,8 @@ from mumath.executor import SandboxPool
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(workers=2, timeout=3, memory_mb=512, max_output_chars=1000) as sandbox:
+    # 5 s: touching 512 MB before the OOM kill takes about a second on a busy 2-core VM.
+    with SandboxPool(workers=2, timeout=5, memory_mb=512, max_output_chars=1000) as sandbox:
         yield sandbox
 
 
