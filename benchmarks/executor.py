@@ -52,6 +52,8 @@ def main():
         run_started = time.perf_counter()
         pool_out = [r.stdout.strip() for r in pool.execute_many(codes)]
         pool_run_s = time.perf_counter() - run_started
+        layers = {"namespaces": pool.namespaces, "memory_limit": pool.memory_limit,
+                  "landlock_abi": pool.landlock_abi}
     pool_s = time.perf_counter() - started
 
     assert pool_out == baseline_out, "the sandbox must print what a plain interpreter prints"
@@ -62,6 +64,7 @@ def main():
         "sandbox_per_s": round(len(codes) / pool_s, 1),
         "speedup_including_startup": round(baseline_s / pool_s, 1),
         "speedup_steady_state": round(baseline_s / pool_run_s, 1),
+        "sandbox_layers": layers,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -291,6 +291,7 @@ def _only_child(pid, wait_s=5.0):
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
 _cgroup_names = itertools.count()
 
 
@@ -336,7 +337,7 @@ def _cgroup_base(controller):
     if os.geteuid() != 0:
         return None
     try:
-        with open("/proc/self/cgroup") as handle:
+        with open(PROC_SELF_CGROUP) as handle:
             lines = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
     except OSError:
         return None

@@ -113,8 +113,10 @@ def drop_capability_bounding_set(keep=()):
     for capability in range(64):
         if capability in keep:
             continue
-        if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() == 22:
-            break  # EINVAL: past the kernel's last capability
+        if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:
+                break  # EINVAL: past the kernel's last capability
+            raise OSError(ctypes.get_errno(), "cannot drop capability", str(capability))
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
@@ -125,7 +127,8 @@ def set_capabilities(keep=()):
     mask = sum(1 << capability for capability in keep)
     header = CapUserHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (CapUserData * 2)((mask, mask, mask), (0, 0, 0))
-    _libc.capset(ctypes.byref(header), data)
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
     for capability in keep:  # ambient: kept across execve, so a subprocess can read what the snippet can
         _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0)
 
@@ -175,7 +178,8 @@ def confine_child(workdir, limits):
     if keep:
         become_nobody(workdir)
     set_capabilities(keep)
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
     apply_landlock(workdir)
 
 
@@ -215,7 +219,11 @@ def isolate_descriptors(workdir, result_fd):
 def run_snippet(request, workdir, limits, result_fd):
     """Body of the forked child: confine, run prelude and code, report the error (if any) on the result pipe."""
     isolate_descriptors(workdir, result_fd)
-    confine_child(workdir, limits)
+    try:
+        confine_child(workdir, limits)
+    except Exception as exc:  # fail closed: nothing runs unconfined
+        os.write(RESULT_FD, json.dumps({"error": f"SandboxError: could not confine the snippet: {exc}"}).encode())
+        os._exit(1)
     snippet_pid = os.getpid()  # processes the snippet forks run this code too; only this one reports
     writer = BoundedWriter(1, limits["max_output_chars"] + 1)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}

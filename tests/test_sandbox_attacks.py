@@ -237,3 +237,32 @@ def test_tcp_connect_is_refused(pool):
         assert "connected" not in result.stdout and result.error
         with pytest.raises(socket.timeout):
             server.accept()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are made only for a root caller")
+@pytest.mark.parametrize("version", [1, 2])
+def test_cgroups_are_made_in_either_hierarchy(tmp_path, monkeypatch, version):
+    """On a fake cgroupfs: the right files for each version (the real v1 tree is exercised by the tests above;
+    this machine has no v2 memory controller to try)."""
+    own = "/user.slice/job"
+    if version == 1:
+        for controller in ("memory", "pids"):
+            (tmp_path / controller / own.lstrip("/")).mkdir(parents=True)
+        (tmp_path / "memory" / own.lstrip("/") / "memory.memsw.limit_in_bytes").write_text("")
+        table = f"4:memory:{own}\n8:pids:{own}\n0::/\n"
+    else:
+        (tmp_path / own.lstrip("/")).mkdir(parents=True)
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+        (tmp_path / own.lstrip("/") / "cgroup.subtree_control").write_text("")
+        table = f"0::{own}\n"
+    (tmp_path / "self-cgroup").write_text(table)
+    monkeypatch.setattr(executor, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(executor, "PROC_SELF_CGROUP", str(tmp_path / "self-cgroup"))
+    made = executor._make_cgroups({"memory_mb": 512, "max_processes": 64})
+    assert [controller for _, controller, _ in made] == ["memory", "pids"]
+    (memory, _, events), (pids, _, _) = made
+    limit = {1: "memory.limit_in_bytes", 2: "memory.max"}[version]
+    assert Path(memory, limit).read_text() == str(512 * 2**20) and Path(pids, "pids.max").read_text() == "64"
+    assert events == os.path.join(memory, {1: "memory.oom_control", 2: "memory.events"}[version])
+    assert all(Path(path).parent == Path(tmp_path, *([] if version == 2 else [controller]), own.lstrip("/"))
+               for path, controller, _ in made), "children of the caller's own cgroups"
