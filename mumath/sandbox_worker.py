@@ -222,7 +222,7 @@ def run_snippet(request, workdir, limits, result_fd):
     try:
         confine_child(workdir, limits)
     except Exception as exc:  # fail closed: nothing runs unconfined
-        os.write(RESULT_FD, json.dumps({"error": f"SandboxError: could not confine the snippet: {exc}"}).encode())
+        report(f"SandboxError: could not confine the snippet: {exc}")
         os._exit(1)
     snippet_pid = os.getpid()  # processes the snippet forks run this code too; only this one reports
     writer = BoundedWriter(1, limits["max_output_chars"] + 1)
@@ -244,8 +244,13 @@ def run_snippet(request, workdir, limits, result_fd):
         error = f"{type(exc).__name__}: {exc}".strip()
     if os.getpid() != snippet_pid:
         os._exit(0)
-    os.write(RESULT_FD, json.dumps({"error": error}).encode())
+    report(error)
     os._exit(0)
+
+
+def report(error):
+    body = json.dumps({"error": error}).encode()
+    os.write(RESULT_FD, FRAME_HEADER.pack(FRAME_MAGIC, len(body)) + body)
 
 
 def exec_with_last_expression(code, namespace):
@@ -343,14 +348,21 @@ def drain(fd, limit=1 << 16):
 
 
 def reported_error(raw):
-    """The child's own report; a snippet may write to its result pipe too, which only spoils its own result."""
-    try:
-        report = json.loads(raw)
-        error = report["error"]
-        if error is None or isinstance(error, str):
-            return True, error
-    except (ValueError, KeyError, TypeError):
-        pass
+    """The child's own report: the last frame in its result pipe, which must end it. The snippet may write to
+    that pipe too (it is its own), but what it writes comes before the child's report."""
+    position = raw.rfind(FRAME_MAGIC)
+    while position >= 0:
+        body = raw[position + FRAME_HEADER.size:]
+        header = raw[position:position + FRAME_HEADER.size]
+        if len(header) == FRAME_HEADER.size and FRAME_HEADER.unpack(header)[1] == len(body):
+            try:
+                error = json.loads(body)["error"]
+                if error is None or isinstance(error, str):
+                    return True, error
+            except (ValueError, KeyError, TypeError):
+                pass
+            break
+        position = raw.rfind(FRAME_MAGIC, 0, position)
     return False, "SandboxError: the snippet garbled its result pipe"
 
 

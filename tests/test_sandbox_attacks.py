@@ -69,8 +69,28 @@ def still_works(pool):
 def test_a_snippet_cannot_forge_a_reply(pool):
     result = pool.execute(FORGE + "print('real')")
     assert FORGED not in result.stdout
-    assert result.stdout.strip() == "real" or result.error
+    # Not even its own reply is touched: none of its writes reached the channel (else the nonce check would
+    # have failed this snippet and replaced the worker).
+    assert result.ok and result.stdout.strip() == "real", result
     still_works(pool)
+
+
+def test_the_snippet_holds_no_descriptor_of_the_channel(pool):
+    result = pool.execute(textwrap.dedent("""
+        import os
+        print(sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
+        opened, worker = [], f"/proc/{os.getppid()}/fd"
+        for fd in os.listdir(worker):
+            try:
+                os.close(os.open(f"{worker}/{fd}", os.O_RDONLY | os.O_NONBLOCK))
+                opened.append(fd)
+            except OSError:
+                pass
+        print(opened)
+    """))
+    own, worker = result.stdout.split("\n")[:2]
+    assert own == "[0, 1, 2, 3, 4]", "stdin, stdout, stderr, its result pipe, and listdir's own descriptor"
+    assert worker == "[]", "none of the worker's descriptors can be opened through /proc"
 
 
 def test_a_snippet_cannot_garble_a_batch(pool):
@@ -78,8 +98,9 @@ def test_a_snippet_cannot_garble_a_batch(pool):
     results = pool.execute_many(codes)  # must not raise
     assert len(results) == len(codes)
     for index, result in enumerate(results):
+        assert result.ok, result  # the garbler too: its noise reached nothing
         if index % 3:
-            assert result.ok and result.stdout.strip() == str(index)
+            assert result.stdout.strip() == str(index)
     still_works(pool)
 
 
