@@ -54,10 +54,14 @@ FORGE = textwrap.dedent(f"""
 GARBLE = FORGE.replace("payloads = [", "payloads = [b'garbage without a newline \\xff', b'MMSB\\xff\\xff\\xff\\xff', ")
 
 
-@pytest.fixture(scope="module")
-def pool():
+@pytest.fixture(scope="module", params=["namespaces", "fallback"])
+def pool(request):
+    """Every attack runs against the sandbox with namespaces (where the kernel allows) and without."""
+    if request.param == "namespaces" and not executor.namespaces_available():
+        pytest.skip("no namespaces on this kernel; the fallback runs the same attacks")
     # 5 s: touching 512 MB before the OOM kill takes about a second on a busy 2-core VM.
-    with SandboxPool(workers=2, timeout=5, memory_mb=512, max_output_chars=1000) as sandbox:
+    with SandboxPool(workers=2, timeout=5, memory_mb=512, max_output_chars=1000,
+                     namespaces=request.param == "namespaces") as sandbox:
         yield sandbox
 
 
@@ -203,6 +207,8 @@ def test_fallback_hides_a_root_callers_environment():
 
 
 def test_threads_and_a_fresh_numpy_fit_in_512_mb(pool):
+    if pool.memory_limit != "cgroup":
+        pytest.skip("no memory cgroup (not root): the RLIMIT_AS fallback refuses these, as the README says")
     threads = pool.execute(textwrap.dedent("""
         from concurrent.futures import ThreadPoolExecutor
         def work(n):
