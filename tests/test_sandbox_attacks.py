@@ -1,12 +1,11 @@
 """Attacks a hostile snippet makes on the caller, one test each (README, "The sandbox").
 
-Each one failed on the sandbox before namespaces, the framed channel and the memory cgroup (see the commit
-that added this file); each must keep failing for the attacker.
+Most of these attacks succeeded against the sandbox before namespaces, the framed channel, the capability
+drop and the memory cgroup; the others (deadline, TCP, 2 GB) guard what already held. The README's attack
+table says which is which. Each runs against the namespaced sandbox and against its fallback.
 """
-import json
 import os
 import socket
-import stat
 import subprocess
 import sys
 import textwrap
