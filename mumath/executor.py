@@ -93,10 +93,16 @@ class Worker:
         self.memory_limit = "cgroup" if limits["memory_cgroup"] else "rlimit"
         env = dict(SAFE_ENV, HOME=self.root, TMPDIR=self.root)
         command = [sys.executable, "-I", WORKER_SCRIPT, self.root, json.dumps(limits)]
-        self.process = subprocess.Popen(
-            (NAMESPACE_COMMAND if namespaces else []) + command,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            cwd=self.root, start_new_session=True, bufsize=0)
+        try:
+            self.process = subprocess.Popen(
+                (NAMESPACE_COMMAND if namespaces else []) + command,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                cwd=self.root, start_new_session=True, bufsize=0)
+        except OSError:
+            for path, _, _ in self.cgroups:
+                _remove_cgroup(path)
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         try:
             hello = self._read_frame(time.monotonic() + 120)
             if hello.get("id") != "hello" or not hello.get("ready"):
