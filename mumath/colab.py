@@ -83,7 +83,7 @@ def colab_setup(repo_url, ref, embedded_model_package, keep_colab_torch, run=sub
         return
     root = find_repo_root(os.getcwd())
     if root is None:
-        root = os.path.abspath(repo_url.rstrip("/").rsplit("/", 1)[-1])
+        root = os.path.abspath(repo_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
         if find_repo_root(root) != root:
             print(f"cloning {repo_url} ({ref}) into {root}")
             run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo_url, root], check=True)
