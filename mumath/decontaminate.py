@@ -5,7 +5,12 @@ a question becomes its sequence of words and numbers):
 
 - **exact**: the normalized question equals a normalized test question;
 - **n-gram**: the question shares a run of `n` consecutive words with a test question (13 by default, as
-  Qwen2-Math; DeepSeekMath uses 10). A question shorter than `n` words counts as one n-gram (exact only).
+  Qwen2-Math; DeepSeekMath uses 10) *and* has the same set of numbers (`same_numbers`, default on). A
+  question shorter than `n` words counts as one n-gram (exact only). Why the numbers: competition sets
+  are full of templated problems ("Convert the point $(0,3)$ in rectangular coordinates to polar
+  coordinates. Enter your answer ...") that share long n-grams but differ in their numbers and answers;
+  they are different problems (MATH500 shares a 13-gram with 91 of the 4500 other MATH test problems,
+  and the same numbers with none), while a test question reworded around its own numbers is caught.
 
 The test sets are indexed once (each n-gram hashed to an int -> the benchmarks and test rows that hold it);
 training questions are then checked one by one in O(their length), memoized per question, so the cost is
@@ -33,6 +38,10 @@ def normalize_text(text):
     return " ".join(normalize_words(text))
 
 
+def numbers_of(words):
+    return tuple(sorted(word for word in words if word[0].isdigit()))
+
+
 def ngram_hashes(words, n):
     """Hashes of every run of `n` consecutive words (the whole text when it is shorter than `n`)."""
     if len(words) < n:
@@ -40,14 +49,14 @@ def ngram_hashes(words, n):
     return {hash(" ".join(words[start:start + n])) for start in range(len(words) - n + 1)}
 
 
-class TestSetIndex:
+class ContaminationIndex:
     """The test questions of several benchmarks, indexed for exact and n-gram lookups."""
 
-    def __init__(self, n=13):
-        self.n = n
+    def __init__(self, n=13, same_numbers=True):
+        self.n, self.same_numbers = n, same_numbers
         self.benchmarks = []        # names, by index
         self.sizes = {}             # name -> test questions indexed
-        self.test_rows = []         # (benchmark index, id, question)
+        self.test_rows = []         # (benchmark index, id, question, its numbers)
         self.exact = {}             # normalized question -> tuple of test row indices
         self.grams = {}             # n-gram hash -> tuple of test row indices
 
@@ -58,8 +67,8 @@ class TestSetIndex:
         self.sizes[name] = len(records)
         for record in records:
             row = len(self.test_rows)
-            self.test_rows.append((bench, record["id"], record["question"]))
             words = normalize_words(record["question"])
+            self.test_rows.append((bench, record["id"], record["question"], numbers_of(words)))
             key = " ".join(words)
             self.exact[key] = self.exact.get(key, ()) + (row,)
             for gram in ngram_hashes(words, self.n):
@@ -71,13 +80,15 @@ class TestSetIndex:
         found = {}
         for row in self.exact.get(" ".join(words), ()):
             self._note(found, row, "exact")
+        numbers = numbers_of(words)
         for gram in ngram_hashes(words, self.n):
             for row in self.grams.get(gram, ()):
-                self._note(found, row, "ngram")
+                if not self.same_numbers or self.test_rows[row][3] == numbers:
+                    self._note(found, row, "ngram")
         return found
 
     def _note(self, found, row, match):
-        bench, test_id, test_question = self.test_rows[row]
+        bench, test_id, test_question, _ = self.test_rows[row]
         name = self.benchmarks[bench]
         if name not in found:
             found[name] = {"match": match, "test_id": test_id, "test_question": test_question}
@@ -98,7 +109,7 @@ def test_benchmarks(extra_benchmarks=None, only=None):
     return names
 
 
-def build_index(n=13, data_dir=None, extra_benchmarks=None, only=None, inputs=None):
+def build_index(n=13, data_dir=None, extra_benchmarks=None, only=None, inputs=None, same_numbers=True):
     """Index the test split of every registered benchmark -> (index, {name: why it could not be loaded}).
 
     A benchmark whose data cannot be read (no local file, hub unreachable) is reported, not fatal:
@@ -106,7 +117,7 @@ def build_index(n=13, data_dir=None, extra_benchmarks=None, only=None, inputs=No
     """
     from .data import DataError, load_benchmark
 
-    index, unavailable = TestSetIndex(n), {}
+    index, unavailable = ContaminationIndex(n, same_numbers), {}
     for name in test_benchmarks(extra_benchmarks, only):
         try:
             records = load_benchmark(name, "test", data_dir=data_dir, extra=extra_benchmarks, inputs=inputs)

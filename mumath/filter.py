@@ -61,6 +61,7 @@ class FilterConfig:
     shingle_words: int = 5
     max_per_question: int = 4       # per question and stage (None: no cap)
     ngram: int = 13                 # decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)
+    ngram_same_numbers: bool = True  # an n-gram match counts only between questions with the same numbers
     keep_overlapping_with: tuple = ()
 
 
@@ -240,7 +241,11 @@ class NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         self._minhash = MinHash
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        try:
+            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        except ValueError as error:
+            raise FilterError(f"parameters 'dedup_threshold' {threshold} and 'num_perm' {num_perm}: {error}; "
+                              "use a lower threshold or more permutations") from error
         self.num_perm, self.shingle_words, self.threshold = num_perm, shingle_words, threshold
         self.seed_hash = MinHash(num_perm=num_perm)  # permutations computed once, shared by every MinHash
         self.extra = {}
@@ -249,7 +254,8 @@ class NearDuplicates:
         """MinHash of the word shingles (`salt` makes signatures of different groups unrelated)."""
         n = self.shingle_words
         shingles = [" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))]
-        minhash = self._minhash(num_perm=self.num_perm, hashfunc=int, permutations=self.seed_hash.permutations)
+        minhash = self._minhash(num_perm=self.num_perm, hashfunc=int, permutations=self.seed_hash.permutations,
+                                 scheme=self.seed_hash.scheme)
         minhash.update_batch([zlib.crc32(f"{salt}\x00{s}".encode()) for s in shingles])
         return minhash
 
@@ -453,7 +459,7 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
                 progress=True):
     """Filter synthesize JSONL files ({stage: path}) into `out_dir`; returns the statistics.
 
-    `index` is a `decontaminate.TestSetIndex` (None: no decontamination), `counter` a `TokenCounter`
+    `index` is a `decontaminate.ContaminationIndex` (None: no decontamination), `counter` a `TokenCounter`
     (None: no length filter), `seed_questions` maps seed ids to their text (augmented rows are checked
     through their seed too; the seeds' own rows fill in the rest). Outputs are written to temporary files and renamed at the end, so a
     failure leaves the previous outputs as they were.
@@ -594,7 +600,8 @@ def run_filter(run_dir, synth_dir=None, data_dir=None, extra_benchmarks=None, de
     config = config or FilterConfig()
     files = input_files(synth_dir or Path(run_dir) / "synthesize")
     inputs = [str(path) for path in files.values()]
-    index, unavailable = build_index(config.ngram, data_dir, extra_benchmarks, decontaminate_benchmarks, inputs)
+    index, unavailable = build_index(config.ngram, data_dir, extra_benchmarks, decontaminate_benchmarks, inputs,
+                                     config.ngram_same_numbers)
     for name, reason in unavailable.items():
         print(f"warning: decontamination could not check '{name}': {reason}")
     counter = TokenCounter.from_spec(tokenizer) if config.max_tokens is not None else None

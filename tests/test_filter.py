@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mumath.decontaminate import TestSetIndex, evaluation_contamination, normalize_text
+from mumath.decontaminate import ContaminationIndex, evaluation_contamination, normalize_text
 from mumath.filter import (FilterConfig, FilterError, TokenCounter, filter_rows, format_problem, run_filter,
                            vote)
 from mumath.grading import extract_answer
@@ -21,7 +21,7 @@ TIMED_OUT_LAST = ("First we add the two numbers given in the question together.\
 
 def make_row(qid, stage, text, answer="5", method="seed", sample=0, question=None, **fields):
     row = {"id": f"{qid}/{stage}/{sample}", "question_id": qid, "stage": stage, "sample": sample,
-           "question": question or f"Tom has 2 apples and gets 3 more. How many apples does he have? ({qid})",
+           "question": question or f"Solve problem number {qid} carefully.",
            "answer": answer, "pred": extract_answer(text), "messages": [
                {"role": "user", "content": "Solve: " + (question or qid)}, {"role": "assistant", "content": text}],
            "teacher": "test", "source": "test", "seed_id": fields.pop("seed_id", qid), "method": method,
@@ -107,7 +107,8 @@ def test_pseudo_answers_keep_agreeing_solutions_and_measure_their_precision(tmp_
            for i, n in enumerate(["6", "6.0", "7"])]
     tie = [make_row("tie", "tir", GOOD_TIR.replace("5", n), answer=None, method="alter", sample=i)
            for i, n in enumerate(["6", "7"])]
-    referenced = [make_row("ref", "tir", GOOD_TIR, sample=i) for i in range(2)]
+    referenced = [make_row("ref", "tir", GOOD_TIR), make_row("ref", "tir", FIXED, sample=1, execution_errors=1,
+                                                             errors_fixed=1)]
     stats, kept, dropped = run(tmp_path, tir=tir + tie + referenced)
     assert kept["tir"] == ["alt/tir/0", "alt/tir/1", "ref/tir/0", "ref/tir/1"]
     assert dropped["alt/tir/2"]["filter"] == "answer" and "pseudo answer '6'" in dropped["alt/tir/2"]["detail"]
@@ -149,7 +150,7 @@ def test_duplicate_questions_but_not_alterations_with_new_numbers(tmp_path):
     seed = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")
     rephrased = seed.replace(", and then", " and then").replace("  ", " ").upper()
-    near = seed.replace("altogether", "in total")
+    near = seed.replace("in April and May", "in April and in May")
     altered = seed.replace("48", "60")
     rows = [make_row("seed", "cot", "\\boxed{72}", answer="72", question=seed),
             make_row("seed/rephrase/0", "cot", "\\boxed{72}", answer="72", question=rephrased, method="rephrase"),
@@ -163,7 +164,7 @@ def test_duplicate_questions_but_not_alterations_with_new_numbers(tmp_path):
 
 def test_cap_per_question_and_stage(tmp_path):
     rows = [make_row("q", "cot", f"Step {'a ' * i}then \\boxed{{5}}", sample=i) for i in range(5)]
-    _, kept, dropped = run(tmp_path, cot=rows, config=FilterConfig(max_per_question=2, dedup_threshold=0.99))
+    _, kept, dropped = run(tmp_path, cot=rows, config=FilterConfig(max_per_question=2, dedup_threshold=0.95))
     assert kept["cot"] == ["q/cot/0", "q/cot/1"] and {d["filter"] for d in dropped.values()} == {"cap"}
 
 
@@ -199,7 +200,7 @@ def test_token_count_matches_the_chat_template(embedded_dir):
 def test_reworded_gsm8k_test_question_with_1000_written_differently_is_caught(data_dir):
     from mumath.data import load_benchmark
 
-    index = TestSetIndex(n=13)
+    index = ContaminationIndex(n=13)
     index.add("gsm8k", load_benchmark("gsm8k", "test", data_dir))
     original = next(r for r in index.test_rows if "flipping a house" in r[2])[2]
     assert "$80,000" in original
@@ -212,22 +213,39 @@ def test_reworded_gsm8k_test_question_with_1000_written_differently_is_caught(da
     assert index.lookup("Josh buys a boat for $80000. How much does it cost per year over 10 years?") == {}
 
 
-def test_math_train_offline_is_contaminated_for_math_and_clean_for_math500(data_dir):
+def test_math_train_offline_is_contaminated_for_math_and_clean_for_math500(data_dir, tmp_path):
     from mumath.data import load_benchmark
 
-    index = TestSetIndex(n=13)
+    index = ContaminationIndex(n=13)
     index.add("math", load_benchmark("math", "test", data_dir))
     index.add("math500", load_benchmark("math500", "test", data_dir))
     seeds = load_benchmark("math", "train_offline", data_dir)
     hits = [index.lookup(seed["question"]) for seed in seeds]
     assert all(hit.get("math", {}).get("match") == "exact" for hit in hits)
-    assert sum("math500" in hit for hit in hits) == 0
+    # Six are sibling problems of MATH500 ones: same setup and numbers, another question asked
+    # ("... sin A = 2 cos A. What is cos A?" vs "... What is tan A?"); the templated problems that
+    # share 13-grams but not their numbers (85 more) are not overlaps.
+    siblings = [hit["math500"] for hit in hits if "math500" in hit]
+    assert len(siblings) == 6 and {sibling["match"] for sibling in siblings} == {"ngram"}
+    plain = ContaminationIndex(13, same_numbers=False)
+    plain.add("math500", load_benchmark("math500", "test", data_dir))
+    assert sum(bool(plain.lookup(seed["question"])) for seed in seeds) == 91
+
+    # The run that trains on them, keeping the `math` overlaps: contaminated for math, clean for math500.
+    chosen = [seed for seed, hit in zip(seeds, hits) if "math500" in hit] + seeds[:100]
+    rows = [make_row(seed["id"], "cot", f"So \\boxed{{{seed['answer']}}}.", answer=seed["answer"],
+                     question=seed["question"]) for seed in chosen]
+    stats, kept, dropped = run(tmp_path, cot=rows, index=index, config=FilterConfig(keep_overlapping_with=("math",)))
+    assert len(kept["cot"]) == 100 and len(dropped) == 6
+    assert stats["contaminated_for"] == ["math"]
+    assert evaluation_contamination(tmp_path, "math") is True
+    assert evaluation_contamination(tmp_path, "math500") is False
 
 
 def test_filter_drops_contaminated_rows_through_the_seed_and_reports_them(tmp_path):
     test_question = ("A bakery sells 120 muffins every morning and 80 muffins every afternoon from Monday to "
                      "Friday. How many muffins does it sell in a week?")
-    index = TestSetIndex(n=13)
+    index = ContaminationIndex(n=13)
     index.add("bench", [{"id": "bench/test/0", "question": test_question}])
     index.add("other", [{"id": "other/test/0", "question": "What is 1 + 1?"}])
     rows = [make_row("s", "cot", "\\boxed{1000}", answer="1000", question=test_question),
