@@ -74,7 +74,7 @@ def solution(question, answer, stage, rng):
     words = [rng.choice(FILLER) for _ in range(length)] + question.split()[:20]
     steps = " ".join(f"{w} {rng.randint(1, 999)} ," if i % 9 == 0 else w for i, w in enumerate(words))
     box = f"\\boxed{{{value}}}" if rng.random() > 0.05 else value
-    fields = {"rounds": 1, "finish": "eos", "executions": 0, "execution_errors": 0, "errors_fixed": 0,
+    fields = {"correct": None if answer is None else value == answer, "rounds": 1, "finish": "eos", "executions": 0, "execution_errors": 0, "errors_fixed": 0,
               "timeouts": 0, "prefix_cot": None}
     if stage == "cot":
         return f"{steps}\nThe answer is {box}.", fields
@@ -130,7 +130,10 @@ def measure(folder, data_dir, tokenizer):
     from mumath.filter import FilterConfig, run_filter
 
     started = time.perf_counter()
-    stats = run_filter(folder, data_dir=data_dir, tokenizer=tokenizer, config=FilterConfig(), progress=False)
+    # As the offline recipe runs it: the MATH seeds are MATH test problems, kept (the run is then marked
+    # contaminated for `math` and evaluated on math500).
+    config = FilterConfig(keep_overlapping_with=("math",))
+    stats = run_filter(folder, data_dir=data_dir, tokenizer=tokenizer, config=config, progress=False)
     seconds = time.perf_counter() - started
     report = json.loads((Path(folder) / "filter" / "contamination.json").read_text())
     overlaps = {name: entry["rows"] for name, entry in report["benchmarks"].items() if entry["rows"]}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .decontaminate import CONTAMINATION_FILE, build_index, normalize_text, normalize_words
@@ -60,6 +61,8 @@ class FilterConfig:
     num_perm: int = 128
     shingle_words: int = 5
     max_per_question: int = 4       # per question and stage (None: no cap)
+    regrade: bool = False           # grade every row again instead of reusing synthesis's `correct`
+    proxy_questions: int = 2000     # questions with a reference on which the pseudo-answer precision is measured
     ngram: int = 13                 # decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)
     ngram_same_numbers: bool = True  # an n-gram match counts only between questions with the same numbers
     keep_overlapping_with: tuple = ()
@@ -174,6 +177,12 @@ class TokenCounter:
             self._overhead[roles] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         return self._overhead[roles]
 
+    def upper_bound(self, row):
+        """A count the row cannot exceed, without tokenizing: a token covers at least one byte of the
+        text (byte-level BPE), plus one per message for a SentencePiece word-start marker."""
+        return self.overhead(tuple(m["role"] for m in row["messages"])) + \
+            sum(len(m["content"].encode()) + 1 for m in row["messages"])
+
     def count(self, rows):
         """Tokens of each row (one batched tokenizer call for all contents)."""
         contents = [message["content"] for row in rows for message in row["messages"]]
@@ -197,12 +206,14 @@ def answer_key(pred):
     return f"#{value:.6g}" if value is not None else normalize(pred).lower()
 
 
-def vote(preds, min_votes=2, min_share=0.5):
+def vote(preds, min_votes=2, min_share=0.5, max_compare=4):
     """(pseudo answer, its votes, all votes) from one question's sampled answers.
 
-    Answers are grouped by `answer_key` first (linear), then the few distinct groups of the question are
-    merged when the grader finds them equivalent (the evaluation grader). The largest group wins if it
-    has at least `min_votes` votes and `min_share` of the votes; a tie for the largest has no winner.
+    Answers are grouped by `answer_key` first (linear), then the question's few distinct answers are
+    merged when the grader finds them equivalent (the evaluation grader), most common first, each compared
+    with at most `max_compare` earlier groups (the largest ones): symbolic comparisons cost milliseconds,
+    so a question's cost stays linear in its distinct answers. The largest group wins if it has at least
+    `min_votes` votes and `min_share` of the votes; a tie for the largest has no winner.
     """
     counts = Counter()
     first = {}
@@ -214,7 +225,7 @@ def vote(preds, min_votes=2, min_share=0.5):
         first.setdefault(key, str(pred))
     groups = []  # [representative answer, votes]
     for key, votes in counts.most_common():
-        for group in groups:
+        for group in groups[:max_compare]:
             if equivalent(first[key], group[0]):
                 group[1] += votes
                 break
@@ -251,12 +262,19 @@ class NearDuplicates:
         self.extra = {}
 
     def signature(self, words, salt=""):
-        """MinHash of the word shingles (`salt` makes signatures of different groups unrelated)."""
-        n = self.shingle_words
-        shingles = [" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))]
+        """MinHash of the word shingles (`salt` makes signatures of different groups unrelated).
+
+        Each word is hashed once (crc32: stable across runs); a shingle's hash is a polynomial of its
+        words' hashes, computed for all shingles at once with numpy.
+        """
+        hashes = np.fromiter((zlib.crc32(word.encode()) for word in words), dtype=np.uint64, count=len(words))
+        width = min(self.shingle_words, len(words)) or 1
+        shingles = np.full(max(1, len(words) - width + 1), zlib.crc32(salt.encode()), dtype=np.uint64)
+        for offset in range(min(width, len(words))):
+            shingles = shingles * np.uint64(1000003) + hashes[offset:offset + len(shingles)]
         minhash = self._minhash(num_perm=self.num_perm, hashfunc=int, permutations=self.seed_hash.permutations,
                                  scheme=self.seed_hash.scheme)
-        minhash.update_batch([zlib.crc32(f"{salt}\x00{s}".encode()) for s in shingles])
+        minhash.update_batch((shingles ^ (shingles >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
         return minhash
 
     def find(self, minhash, extra=None):
@@ -344,6 +362,7 @@ class _Pass1:
         self.votes = defaultdict(list)  # question id -> answers of the rows that pass pass-1 filters
         self.references = {}          # question id -> (reference, choices)
         self._pending = []            # rows waiting for a batched token count
+        self.tokenized = 0            # rows whose length needed the tokenizer
 
     def question(self, row):
         qid = row["question_id"]
@@ -378,7 +397,8 @@ class _Pass1:
             verdict = ("format", problem) if problem else None
         self.verdicts[(stage, number)] = verdict
         if verdict is None:
-            if self.counter is not None and self.config.max_tokens is not None:
+            if self.counter is not None and self.config.max_tokens is not None \
+                    and self.counter.upper_bound(row) > self.config.max_tokens:
                 self._pending.append((stage, number, row["question_id"], row_pred(row),
                                       {"messages": row["messages"]}))
                 if len(self._pending) >= self.counter.batch_size:
@@ -390,6 +410,7 @@ class _Pass1:
         if not self._pending:
             return
         lengths = self.counter.count([item[4] for item in self._pending])
+        self.tokenized += len(lengths)
         for (stage, number, qid, pred, _), tokens in zip(self._pending, lengths):
             if tokens > self.config.max_tokens:
                 self.verdicts[(stage, number)] = ("length", f"{tokens} tokens > max_tokens {self.config.max_tokens}")
@@ -413,8 +434,12 @@ def _contamination_of(row, pass1):
 def pseudo_answers(pass1, config):
     """Question id -> pseudo answer (questions without a reference), and the precision proxy: the same vote
     run on questions that do have a reference, compared with it."""
-    answers, agree, voted = {}, 0, 0
+    answers, agree, voted, sampled = {}, 0, 0, 0
     for qid, preds in pass1.votes.items():
+        if qid in pass1.references:
+            if sampled >= config.proxy_questions:
+                continue
+            sampled += 1
         answer, _, _ = vote(preds, config.min_votes, config.min_share)
         if qid not in pass1.references:
             answers[qid] = answer
@@ -425,18 +450,25 @@ def pseudo_answers(pass1, config):
     without_reference = [qid for qid in pass1.question_verdict if qid not in pass1.references]
     stats = {"questions_without_reference": len(without_reference),
              "with_pseudo_answer": sum(1 for qid in without_reference if answers.get(qid) is not None),
+             "reference_questions_voted": sampled,
              "reference_questions_with_a_vote_winner": voted,
              "winner_agrees_with_reference": agree,
              "precision_proxy": round(agree / voted, 4) if voted else None}
     return answers, stats
 
 
-def answer_problem(row, pseudo):
-    """Why the row's answer is not right, or None; plus the row's answer label."""
+def answer_problem(row, pseudo, regrade=False):
+    """Why the row's answer is not right, or None; plus the row's answer label.
+
+    Synthesis grades each row with the evaluation grader (`correct`); that verdict is reused unless
+    `regrade` or the row has none (e.g. a hand-made row).
+    """
     pred = row_pred(row)
     if row.get("answer") is not None:
         choices = row_choices(row)
-        if equivalent(pred, str(row["answer"]), tuple(choices) if choices else None):
+        stored = row.get("correct") if not regrade else None
+        if stored if isinstance(stored, bool) else equivalent(pred, str(row["answer"]),
+                                                               tuple(choices) if choices else None):
             return None, "reference"
         return f"answer {pred!r} != reference {row['answer']!r}", "reference"
     answer = pseudo.get(row["question_id"])
@@ -503,7 +535,7 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
                             f"{name}: {found[name]['match']} match with {found[name]['test_id']}" for name in blocking))
                     verdict = verdict or pass1.verdicts[(stage, number)]
                     if verdict is None:
-                        problem, label = answer_problem(row, pseudo)
+                        problem, label = answer_problem(row, pseudo, config.regrade)
                         verdict = ("answer", problem) if problem else None
                     if verdict is None:
                         verdict = _solution_duplicate(row, stage, solutions, exact_solutions)
@@ -537,6 +569,7 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
                                            for previous, name in zip(["input", *FILTERS], FILTERS)}
                                    for stage, steps in funnel["stages"].items()},
              "pseudo_answers": pseudo_stats,
+             "rows_tokenized": pass1.tokenized,
              "contaminated_for": contamination["contaminated_for"],
              "seconds": round(time.time() - started, 2), "config": config.__dict__}
     _write_json(out_dir / "funnel.json", funnel)

@@ -128,6 +128,10 @@ def test_reference_match_uses_the_evaluation_grader_with_choices(tmp_path):
     _, kept, dropped = run(tmp_path, cot=cot)
     assert kept["cot"] == ["a/cot/0", "c/cot/0"]
     assert dropped["b/cot/0"]["filter"] == "answer"
+    # Synthesis's verdict (`correct`, the same grader) is reused unless regrade is asked for.
+    stale = [dict(cot[1], correct=True), dict(cot[0], correct=False)]
+    assert run(tmp_path, cot=stale)[1]["cot"] == ["b/cot/0"]
+    assert run(tmp_path, cot=stale, config=FilterConfig(regrade=True))[1]["cot"] == ["a/cot/0"]
 
 
 # --------------------------------------------------------------------------------------------- dedupe
@@ -174,6 +178,9 @@ class WordCounter:
     """A stand-in tokenizer: one token a word, 3 for the template."""
     batch_size = 2
 
+    def upper_bound(self, row):
+        return 3 + sum(len(m["content"].split()) for m in row["messages"])
+
     def count(self, rows):
         return [3 + sum(len(m["content"].split()) for m in row["messages"]) for row in rows]
 
@@ -189,10 +196,11 @@ def test_token_count_matches_the_chat_template(embedded_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     rows = [make_row("q", "tir", GOOD_TIR), make_row("r", "cot", "Two plus three is five: \\boxed{5}.")]
-    counts = TokenCounter(tokenizer).count(rows)
-    for row, count in zip(rows, counts):
+    counter = TokenCounter(tokenizer)
+    for row, count in zip(rows, counter.count(rows)):
         assert count == len(tokenizer.apply_chat_template(row["messages"], tokenize=True,
                                                           return_dict=True)["input_ids"])
+        assert count <= counter.upper_bound(row) < 4 * count
 
 
 # ---------------------------------------------------------------------------------- decontamination
