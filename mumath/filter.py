@@ -358,7 +358,7 @@ class _Pass1:
         self.contamination = {}       # question id -> {benchmark: match}
         self.seed_questions = {}      # seed id -> question text (for contamination through the seed)
         self.exact_questions = {}     # normalized question -> question id
-        self.verdicts = {}            # (stage, row number) -> (filter, detail) | None
+        self.verdicts = {}            # (stage, row number) -> (filter, detail), for rows dropped in pass 1
         self.votes = defaultdict(list)  # question id -> answers of the rows that pass pass-1 filters
         self.references = {}          # question id -> (reference, choices)
         self._pending = []            # rows waiting for a batched token count
@@ -395,8 +395,9 @@ class _Pass1:
         if verdict is None:
             problem = format_problem(row, stage, self.config)
             verdict = ("format", problem) if problem else None
-        self.verdicts[(stage, number)] = verdict
-        if verdict is None:
+        if verdict is not None:
+            self.verdicts[(stage, number)] = verdict
+        else:
             if self.counter is not None and self.config.max_tokens is not None \
                     and self.counter.upper_bound(row) > self.config.max_tokens:
                 self._pending.append((stage, number, row["question_id"], row_pred(row),
@@ -493,8 +494,8 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
 
     `index` is a `decontaminate.ContaminationIndex` (None: no decontamination), `counter` a `TokenCounter`
     (None: no length filter), `seed_questions` maps seed ids to their text (augmented rows are checked
-    through their seed too; the seeds' own rows fill in the rest). Outputs are written to temporary files and renamed at the end, so a
-    failure leaves the previous outputs as they were.
+    through their seed too; the seeds' own rows fill in the rest). Outputs are written to temporary
+    files and renamed at the end, so a failure leaves the previous outputs as they were.
     """
     config = config or FilterConfig()
     started = time.time()
@@ -533,7 +534,7 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
                     if blocking:
                         verdict = ("contaminated", "; ".join(
                             f"{name}: {found[name]['match']} match with {found[name]['test_id']}" for name in blocking))
-                    verdict = verdict or pass1.verdicts[(stage, number)]
+                    verdict = verdict or pass1.verdicts.get((stage, number))
                     if verdict is None:
                         problem, label = answer_problem(row, pseudo, config.regrade)
                         verdict = ("answer", problem) if problem else None
