@@ -106,13 +106,13 @@ def test_pseudo_answers_keep_agreeing_solutions_and_measure_their_precision(tmp_
     tir = [make_row("alt", "tir", GOOD_TIR.replace("5", n), answer=None, method="alter", sample=i)
            for i, n in enumerate(["6", "6.0", "7"])]
     tie = [make_row("tie", "tir", GOOD_TIR.replace("5", n), answer=None, method="alter", sample=i)
-           for i, n in enumerate(["6", "7"])]
+           for i, n in enumerate(["6", "7", "6.0", "7.0"])]
     referenced = [make_row("ref", "tir", GOOD_TIR), make_row("ref", "tir", FIXED, sample=1, execution_errors=1,
                                                              errors_fixed=1)]
     stats, kept, dropped = run(tmp_path, tir=tir + tie + referenced)
     assert kept["tir"] == ["alt/tir/0", "alt/tir/1", "ref/tir/0", "ref/tir/1"]
     assert dropped["alt/tir/2"]["filter"] == "answer" and "pseudo answer '6'" in dropped["alt/tir/2"]["detail"]
-    assert all(dropped[f"tie/tir/{i}"]["detail"].startswith("no pseudo answer") for i in range(2))
+    assert all(dropped[f"tie/tir/{i}"]["detail"].startswith("no pseudo answer") for i in range(4))
     pseudo = stats["pseudo_answers"]
     assert pseudo["questions_without_reference"] == 2 and pseudo["with_pseudo_answer"] == 1
     assert pseudo["reference_questions_with_a_vote_winner"] == 1 and pseudo["precision_proxy"] == 1.0
