@@ -329,3 +329,30 @@ def test_bad_input_names_file_and_line_and_keeps_previous_outputs(tmp_path):
     assert (tmp_path / "filter" / "stage1.jsonl").read_text() == before
     with pytest.raises(FilterError, match="nothing to filter"):
         run_filter(tmp_path / "empty-run")
+
+
+def test_run_filter_on_a_run_folder(tmp_path, data_dir, embedded_dir):
+    """The step as the notebook calls it: real test sets, the embedded tokenizer, seeds from augment."""
+    from mumath.data import load_benchmark
+
+    leaked = load_benchmark("gsm8k", "test", data_dir)[2]["question"]
+    (tmp_path / "augment").mkdir()
+    write(tmp_path / "augment" / "questions.jsonl", [
+        {"id": "gsm8k/train/9/rephrase/0", "seed_id": "gsm8k/train/9", "method": "rephrase",
+         "question": "A reworded question.", "answer": "5", "meta": {"seed_question": leaked}}])
+    (tmp_path / "synthesize").mkdir()
+    write(tmp_path / "synthesize" / "cot.jsonl", [
+        make_row("gsm8k/train/9/rephrase/0", "cot", "So \\boxed{5}.", method="rephrase", seed_id="gsm8k/train/9",
+                 question="A reworded question."),
+        make_row("clean", "cot", "So \\boxed{5}."), make_row("long", "cot", "word " * 3000 + "\\boxed{5}")])
+    extra = {"mine": {"splits": {"test": {"local": str(tmp_path / "missing.jsonl")}}, "question": "q", "answer": "a"}}
+    stats = run_filter(tmp_path, data_dir=str(data_dir), extra_benchmarks=extra,
+                       decontaminate_benchmarks=["gsm8k", "mine"], progress=False)
+    assert stats["rows_kept"] == {"cot": 1} and stats["rows_tokenized"] == 1
+    dropped = [json.loads(line) for line in (tmp_path / "filter" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["filter"]) for d in dropped] == [("gsm8k/train/9/rephrase/0/cot/0", "contaminated"),
+                                                         ("long/cot/0", "length")]
+    report = json.loads((tmp_path / "filter" / "contamination.json").read_text())
+    assert set(report["benchmarks"]) == {"gsm8k"} and "mine" in report["unavailable"]
+    assert report["benchmarks"]["gsm8k"]["by_match"] == {"seed exact": 1}
+    assert evaluation_contamination(tmp_path, "mine") is None
