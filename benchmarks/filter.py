@@ -4,8 +4,10 @@
 
 The rows are written first (not timed), then a child process runs the whole filter step on them:
 the decontamination index over every registered benchmark's test questions, the training tokenizer's
-length counts, pseudo-answer votes, MinHash LSH dedupe, and the outputs. Its wall time and peak
-resident memory (ru_maxrss) go to benchmarks/results/filter.json.
+length counts, pseudo-answer votes, MinHash LSH dedupe, and the outputs. Its wall time, CPU time
+(user + system: what the same work takes on otherwise idle cores; the step is single-threaded apart
+from the tokenizer) and peak resident memory (ru_maxrss) go to benchmarks/results/filter.json, with the
+load average: on a shared machine the wall time includes waiting for the CPU.
 
 The rows imitate a real synthesis output: questions from GSM8K train and MATH (offline train split)
 with rephrasings, alterations (no reference: pseudo answers) and FOBAR variants; 4 CoT + 4 code-nested
@@ -163,10 +165,12 @@ def main():
         if child.returncode:
             sys.exit(f"filter failed:\n{child.stderr[-3000:]}")
         measured = json.loads(child.stdout.strip().splitlines()[-1])
-        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_gib, cpu_s = usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
     stats = measured["stats"]
     result = {"rows": rows, "cpus": os.cpu_count(), "machine": platform.machine(),
-              "wall_s": measured["seconds"], "peak_rss_gib": round(peak_gib, 2),
+              "wall_s": measured["seconds"], "cpu_s": round(cpu_s, 1), "peak_rss_gib": round(peak_gib, 2),
+              "load_average_at_end": os.getloadavg(),
               "target": "200k rows under 120 s and 4 GiB on 2 cores",
               "rows_kept": stats["rows_kept"], "dropped_by_filter": stats["dropped_by_filter"],
               "pseudo_answers": stats["pseudo_answers"],
