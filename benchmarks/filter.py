@@ -76,7 +76,8 @@ def solution(question, answer, stage, rng):
     words = [rng.choice(FILLER) for _ in range(length)] + question.split()[:20]
     steps = " ".join(f"{w} {rng.randint(1, 999)} ," if i % 9 == 0 else w for i, w in enumerate(words))
     box = f"\\boxed{{{value}}}" if rng.random() > 0.05 else value
-    fields = {"correct": None if answer is None else value == answer, "rounds": 1, "finish": "eos", "executions": 0, "execution_errors": 0, "errors_fixed": 0,
+    fields = {"correct": None if answer is None else value == answer, "rounds": 1, "finish": "eos",
+              "executions": 0, "execution_errors": 0, "errors_fixed": 0,
               "timeouts": 0, "prefix_cot": None}
     if stage == "cot":
         return f"{steps}\nThe answer is {box}.", fields

@@ -116,6 +116,7 @@ def tir_format_problem(row, text, config):
     if row.get("finish", "eos") != "eos":
         return f"did not end by end of turn (finish: {row.get('finish')})"
     executions = row.get("executions", text.count(OUTPUT_MARKER))
+    executions = len(executions) if isinstance(executions, list) else executions  # a raw trajectory's list
     if not executions:
         return "no code execution"
     after = text[text.rfind(OUTPUT_MARKER) + len(OUTPUT_MARKER):]
@@ -186,8 +187,13 @@ class TokenCounter:
     def count(self, rows):
         """Tokens of each row (one batched tokenizer call for all contents)."""
         contents = [message["content"] for row in rows for message in row["messages"]]
-        lengths = iter(len(ids) for ids in self.tokenizer(contents, add_special_tokens=False,
-                                                          return_attention_mask=False)["input_ids"])
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if hasattr(backend, "encode_batch_fast"):  # the Rust tokenizer without offsets: ~20 % less CPU
+            encodings = backend.encode_batch_fast(contents, add_special_tokens=False)
+            lengths = iter(len(encoding.ids) for encoding in encodings)
+        else:
+            lengths = iter(len(ids) for ids in self.tokenizer(contents, add_special_tokens=False,
+                                                              return_attention_mask=False)["input_ids"])
         return [self.overhead(tuple(m["role"] for m in row["messages"])) +
                 sum(next(lengths) for _ in row["messages"]) for row in rows]
 
