@@ -14,7 +14,7 @@ and why), and `funnel.json` counts the rows left after each:
    left unrecovered), at most `max_rounds` executions, prefix CoT where `require_prefix_cot`.
 4. ``length``: at most `max_tokens` tokens of the training tokenizer (chat template included).
 5. ``answer``: equal to the reference answer (`grading.is_equivalent`, choices included, the evaluation
-   grader); without a reference, equal to the question's pseudo answer (see `pseudo_answer`).
+   grader); without a reference, equal to the question's pseudo answer (see `vote`).
 6. ``duplicate_solution``: repeats a kept solution of the same question and stage (normalized text, or
    MinHash LSH Jaccard >= `dedup_threshold`).
 7. ``cap``: more than `max_per_question` kept solutions of that question and stage.
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .decontaminate import CONTAMINATION_FILE, build_index, normalize_text, normalize_words
+from .decontaminate import CONTAMINATION_FILE, build_index, normalize_words
 from .grading import extract_answer, extract_boxed, is_equivalent, normalize, to_number
 from .synthesize import has_prefix_cot
 from .tir import OUTPUT_MARKER
