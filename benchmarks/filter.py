@@ -174,7 +174,7 @@ def main():
               "load_average_at_end": os.getloadavg(),
               "target": "200k rows under 120 s and 4 GiB on 2 cores",
               "rows_kept": stats["rows_kept"], "dropped_by_filter": stats["dropped_by_filter"],
-              "pseudo_answers": stats["pseudo_answers"],
+              "pseudo_answers": stats["pseudo_answers"], "rows_tokenized": stats["rows_tokenized"],
               "overlapping_rows": measured["overlapping_rows"], "filter_only_s": stats["seconds"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
