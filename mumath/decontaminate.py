@@ -5,12 +5,13 @@ a question becomes its sequence of words and numbers):
 
 - **exact**: the normalized question equals a normalized test question;
 - **n-gram**: the question shares a run of `n` consecutive words with a test question (13 by default, as
-  Qwen2-Math; DeepSeekMath uses 10) *and* has the same set of numbers (`same_numbers`, default on). A
-  question shorter than `n` words counts as one n-gram (exact only). Why the numbers: competition sets
-  are full of templated problems ("Convert the point $(0,3)$ in rectangular coordinates to polar
-  coordinates. Enter your answer ...") that share long n-grams but differ in their numbers and answers;
-  they are different problems (MATH500 shares a 13-gram with 91 of the 4500 other MATH test problems,
-  and the same numbers with none), while a test question reworded around its own numbers is caught.
+  Qwen2-Math; DeepSeekMath uses 10) *and* has the same numbers, counted with repetition (`same_numbers`,
+  default on). A question shorter than `n` words counts as one n-gram (exact only). Why the numbers:
+  competition sets are full of templated problems ("Convert the point $(0,3)$ in rectangular coordinates
+  to polar coordinates. Enter your answer ...") that share long n-grams but differ in their numbers and
+  answers; they are different problems. Of the 4500 MATH test problems outside MATH500, 91 share a
+  13-gram with a MATH500 problem; 6 also share its numbers (siblings: the same setup, another question
+  asked). A test question reworded around its own numbers is still caught.
 
 The test sets are indexed once (each n-gram hashed to an int -> the benchmarks and test rows that hold it);
 training questions are then checked one by one in O(their length), memoized per question, so the cost is
@@ -43,7 +44,11 @@ def numbers_of(words):
 
 
 def ngram_hashes(words, n):
-    """Hashes of every run of `n` consecutive words (the whole text when it is shorter than `n`)."""
+    """Hashes of every run of `n` consecutive words (the whole text when it is shorter than `n`).
+
+    Python's string hash: salted per process, but the index and the lookups live in one process, and a
+    64-bit collision among a few million n-grams is vanishingly unlikely.
+    """
     if len(words) < n:
         return {hash(" ".join(words))} if words else set()
     return {hash(" ".join(words[start:start + n])) for start in range(len(words) - n + 1)}
