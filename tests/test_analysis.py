@@ -166,8 +166,13 @@ def toy_run(tmp_path_factory, pool):
     return make_run(tmp_path_factory.mktemp("runs"), pool)
 
 
-def test_report_numbers_equal_those_from_the_trajectories(toy_run):
-    result = analysis.run_analysis(toy_run)
+@pytest.fixture(scope="module")
+def analysed(toy_run):
+    return analysis.run_analysis(toy_run)
+
+
+def test_report_numbers_equal_those_from_the_trajectories(toy_run, analysed):
+    result = analysed
     report = Path(result["report"]).read_text()
     rows = read_jsonl(toy_run / "evaluate" / "gsm8k" / "tir" / "trajectories.jsonl")
     k, n = sum(row["correct"] for row in rows), len(rows)
@@ -182,8 +187,8 @@ def test_report_numbers_equal_those_from_the_trajectories(toy_run):
     assert "| 3 | 3 | 100.0 |" in cot
 
 
-def test_report_sections_figures_and_error_analysis(toy_run):
-    result = analysis.run_analysis(toy_run)
+def test_report_sections_figures_and_error_analysis(toy_run, analysed):
+    result = analysed
     out = toy_run / "analysis"
     for figure in result["figures"]:
         assert (out / figure).stat().st_size > 0 and (out / figure).with_suffix(".svg").stat().st_size > 0
@@ -276,3 +281,19 @@ def test_broken_json_names_the_file(tmp_path):
     (tmp_path / "augment" / "stats.json").write_text("{not json")
     with pytest.raises(analysis.AnalysisError, match="augment/stats.json"):
         analysis.collect([tmp_path])
+
+
+def test_notebook_runs_on_a_run_folder(toy_run, tmp_path):
+    """07_analysis as the runner executes it (papermill, repository root as working directory)."""
+    import nbformat
+    import papermill
+
+    from mumath.config import NOTEBOOK_DIR, REPO_ROOT
+
+    executed = tmp_path / "07_analysis.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "07_analysis.ipynb"), str(executed), kernel_name="python3",
+                               parameters={"run_dir": str(toy_run), "out_dir": str(tmp_path / "analysis")},
+                               cwd=str(REPO_ROOT), progress_bar=False)
+    text = json.dumps(nbformat.read(executed, as_version=4).cells)
+    assert "MuMath-Code-CL-70B" in text and "NameError" in text
+    assert (tmp_path / "analysis" / "report.md").exists() and (tmp_path / "analysis" / "accuracy.svg").exists()
