@@ -453,9 +453,8 @@ def _bars_with_intervals(axes, labels, shares, color=None):
     values = [100 * (s["share"] or 0) for s in shares]
     low = [v - 100 * s["ci95"][0] for v, s in zip(values, shares)]
     high = [100 * s["ci95"][1] - v for v, s in zip(values, shares)]
-    axes.bar(labels, values, yerr=[low, high], capsize=3, color=color)
-    for x, s in enumerate(shares):
-        axes.text(x, 2, f"n={s['n']}", ha="center", fontsize=7, rotation=90, va="bottom")
+    axes.bar([f"{label}\nn={s['n']}" for label, s in zip(labels, shares)], values, yerr=[low, high], capsize=3,
+             color=color)
 
 
 def plot_synthesis(section, out_dir, name):
@@ -525,7 +524,8 @@ def plot_errors(entries, out_dir, name="errors"):
     keys = sorted({(e["run"], e["role"], e["mode"]) for e in with_rows})
     figure = _figure(10, 3.4)
     types_axes, rounds_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    for key in keys:
+    width = 0.8 / max(1, len(keys))
+    for index, key in enumerate(keys):
         group = [e for e in with_rows if (e["run"], e["role"], e["mode"]) == key]
         label = f"{key[1]} {key[2]}" + (f" ({key[0]})" if len({k[0] for k in keys}) > 1 else "")
         types, rounds = Counter(), Counter()
@@ -536,11 +536,13 @@ def plot_errors(entries, out_dir, name="errors"):
             names = sorted(types)
             types_axes.barh([f"{label}: {n}" for n in names], [types[n] for n in names])
         steps = sorted(rounds)
-        rounds_axes.plot(steps, [rounds[s] for s in steps], marker="o", label=label)
+        rounds_axes.bar([step + (index - (len(keys) - 1) / 2) * width for step in steps], [rounds[s] for s in steps],
+                        width, label=label)
     types_axes.set_title("execution errors by exception type", fontsize=9)
     types_axes.tick_params(axis="y", labelsize=7)
-    rounds_axes.set_title("rounds used per problem", fontsize=9)
+    rounds_axes.set_title("rounds used per problem (model calls)", fontsize=9)
     rounds_axes.set_xlabel("rounds")
+    rounds_axes.xaxis.get_major_locator().set_params(integer=True)
     rounds_axes.set_ylabel("problems")
     if keys:
         rounds_axes.legend(fontsize=7)
