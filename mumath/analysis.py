@@ -490,8 +490,8 @@ def plot_accuracy(entries, out_dir, name="accuracy"):
             values.append(value)
             low.append(value - 100 * entry["accuracy"]["ci95"][0])
             high.append(100 * entry["accuracy"]["ci95"][1] - value)
-        label = f"{model[1]} ({Path(model[2]).name or model[2]})" + (f", {model[0]}" if len({m[0] for m in models}) > 1
-                                                                       else "")
+        short = model[2] if len(model[2]) <= 32 else "..." + model[2][-29:]
+        label = f"{model[1]} ({short})" + (f", {model[0]}" if len({m[0] for m in models}) > 1 else "")
         axes.bar(xs, values, width, yerr=[low, high], capsize=2, label=label)
     axes.set_xticks(range(len(groups)), [f"{b}\n{m}" for b, m in groups], fontsize=7)
     axes.set_ylabel("accuracy % (95 % Wilson CI)")
@@ -597,6 +597,12 @@ def write_report(analysis, out_dir):
             for stage, steps in (section["funnel"].get("stages") or {}).items():
                 lines.append(f"| {stage} | " + " | ".join(str(steps.get(f, "-")) for f in
                                                          section["funnel"].get("filters", [])) + " |")
+            by_method = section["funnel"].get("by_method") or {}
+            if any(by_method.values()):
+                lines += ["", "Kept / in per augmentation method: " + "; ".join(
+                    f"{stage} {method} {list(steps.values())[-1]}/{steps.get('input', 0)}"
+                    for stage, methods in by_method.items()
+                    for method, steps in methods.items()) + "."]
             if section["dropped"]:
                 lines.append("")
                 lines.append("Dropped rows by stage/filter: " + ", ".join(
@@ -609,6 +615,9 @@ def write_report(analysis, out_dir):
                     "; ".join(f"{name}: {e['rows']} rows / {e.get('questions', '?')} questions overlap its "
                               f"{e.get('test_questions', '?')} test questions ({e.get('action', '?')})"
                               for name, e in flagged.items()) or "no overlap with any checked benchmark") + ".")
+                if contamination.get("unavailable"):
+                    lines.append("Not checked (unavailable): " + ", ".join(
+                        f"{name} ({reason})" for name, reason in contamination["unavailable"].items()) + ".")
                 if contamination.get("contaminated_for"):
                     lines.append(f"**Contaminated for**: {', '.join(contamination['contaminated_for'])}.")
 

@@ -130,7 +130,10 @@ def make_run(root, pool, name="toy", model="embedded", with_training=True, with_
                         "duplicate_solution", "cap"],
             "stages": {"cot": {"input": 4, "contaminated": 4, "duplicate_question": 3, "format": 3, "length": 3,
                                "answer": 2, "duplicate_solution": 2, "cap": 2}},
-            "by_method": {}})
+            "by_method": {"cot": {"rephrase": {"input": 3, "contaminated": 3, "duplicate_question": 2, "format": 2,
+                                               "length": 2, "answer": 2, "duplicate_solution": 2, "cap": 2},
+                                  "seed": {"input": 1, "contaminated": 1, "duplicate_question": 1, "format": 1,
+                                           "length": 1, "answer": 0, "duplicate_solution": 0, "cap": 0}}}})
         write_jsonl(run_dir / "filter" / "dropped.jsonl", [
             {"id": "a/cot/0", "stage": "cot", "filter": "duplicate_question", "detail": "same text as b",
              "question_id": "a", "method": "rephrase"},
@@ -221,6 +224,7 @@ def test_report_sections_figures_and_error_analysis(toy_run, analysed):
     # training and filter
     assert "| stage1 | embedded | lora | 3 | 3 | 2.5000 | 1.8000 |" in report
     assert "gsm8k: 1 rows / 1 questions overlap its 1319 test questions (dropped)" in report
+    assert "Kept / in per augmentation method: cot rephrase 2/3; cot seed 0/1." in report
 
 
 def test_absent_steps_say_not_run(tmp_path):
