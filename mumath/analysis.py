@@ -724,16 +724,15 @@ def write_report(analysis, out_dir):
                 + (", ".join(f"{k} {v}" for k, v in r["by_exception"].items()) or "-") + " | "
                 + ", ".join(f"{k}: {v}" for k, v in r["rounds"].items()) + " | "
                 + ", ".join(f"{k} {v}" for k, v in r["finish"].items()) + " |")
-        lines += ["", "A few failing trajectories (those with an execution error first):", ""]
-        for e in with_rows:
-            for example in e["errors"]["failing"]:
-                tail = example["generation_tail"].replace("`", "'").replace("\n", " ")[-240:]
-                lines.append(f"- {e['role']} {e['benchmark']}/{e['mode']} `{example['id']}`: gold "
-                             f"`{example['answer']}`, extracted `{example['pred']}`, finish {example['finish']}, "
-                             f"{example['rounds']} rounds" + (f", last error `{example['last_error']}`"
-                                                              if example["last_error"] else "") + f"; ends: \"...{tail}\"")
-            if e["errors"]["failing"]:
-                break  # one model/benchmark's examples keep the report to a page; the notebook shows more
+        lines += ["", "A few failing trajectories (those with an execution error first; the notebook shows more):", ""]
+        examples = [(e, example) for e in with_rows for example in e["errors"]["failing"]]
+        examples.sort(key=lambda pair: (pair[1]["last_error"] is None, pair[0]["mode"] != "tir"))  # stable sort
+        for e, example in examples[:max(3, len(runs))]:  # a few, to keep the report to a page
+            tail = example["generation_tail"].replace("`", "'").replace("\n", " ")[-240:]
+            lines.append(f"- {e['role']} {e['benchmark']}/{e['mode']} `{example['id']}`: gold "
+                         f"`{example['answer']}`, extracted `{example['pred']}`, finish {example['finish']}, "
+                         f"{example['rounds']} rounds" + (f", last error `{example['last_error']}`"
+                                                          if example["last_error"] else "") + f"; ends: \"...{tail}\"")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out_dir / "analysis.json").write_text(json.dumps(
