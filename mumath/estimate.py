@@ -197,6 +197,9 @@ def estimate(params_file, usage_from=None, assumptions=None):
         rows = solutions.get(data, 0) * values["filter_keep_share"]
         epochs = float(p.get("epochs", values["train_epochs"]))
         tokens = rows * values["train_tokens_per_row"][stage] * epochs
+        if (p.get("max_steps") or -1) > 0 and p.get("global_batch_size"):  # the training branch's max_steps
+            epochs = p["max_steps"] * p["global_batch_size"] / max(rows, 1)
+            tokens = p["max_steps"] * p["global_batch_size"] * values["train_tokens_per_row"][stage]
         per_gpu = values["train_mfu"] * values["gpu_peak_flops"] / (6 * size * 1e9)
         training[stage] = {"rows": round(rows), "epochs": epochs, "tokens": round(tokens), "model": init,
                            "model_billions": size, "tokens_per_gpu_second": round(per_gpu),

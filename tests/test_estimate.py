@@ -115,3 +115,20 @@ def test_model_billions():
     assert model_billions("Qwen/Qwen2.5-Math-1.5B-Instruct", 1) == 1.5
     assert model_billions("HuggingFaceTB/SmolLM2-360M", 1) == 0.36
     assert model_billions("embedded", 1) == 0.135 and model_billions("outputs/x/stage2/final", 7) == 7
+
+
+
+def test_training_steps_of_the_file_are_used(monkeypatch):
+    """With training steps in the plan (the training branch's parameters), their epochs / max_steps count."""
+    from mumath import estimate as module
+
+    plan = {"synthesize": {"seed_benchmarks": ["gsm8k:train"], "seeds_per_benchmark": 100, "stages": {"cot": 1, "tir": 1}},
+            "stage1": {"epochs": 2.0, "init_model": "x/Llama-2-13b-hf"},
+            "stage2": {"max_steps": 10, "global_batch_size": 8}}
+    monkeypatch.setattr(module, "load_params", lambda path: ("r", plan))
+    result = module.estimate("unused.yaml")
+    a = ASSUMPTIONS
+    stage1, stage2 = result["training"]["stage1"], result["training"]["stage2"]
+    assert stage1["epochs"] == 2.0 and stage1["model_billions"] == 13 and stage1["from"] == "the file's training step"
+    assert stage1["tokens"] == round(100 * a["filter_keep_share"] * a["train_tokens_per_row"]["stage1"] * 2)
+    assert stage2["tokens"] == 10 * 8 * a["train_tokens_per_row"]["stage2"] and stage2["model_billions"] == 13
