@@ -50,6 +50,7 @@ bench: setup model $(VENV)/.server
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/teacher.py
+	$(BIN)/python benchmarks/filter.py
 
 clean-venv:
 	rm -rf $(VENV)
