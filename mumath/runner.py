@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .config import NOTEBOOK_DIR, REPO_ROOT, STEPS, ParamsError, is_secret_name, load_params
+from .estimate import add_estimate_arguments, print_estimate
 from .manifest import Manifest, sha256_file
 
 KERNEL_NAME = "python3"  # ipykernel's native spec: the interpreter running this runner (the project venv)
@@ -104,7 +105,9 @@ def main(argv=None):
     run_parser.add_argument("--only", choices=list(STEPS), help="run just this step")
     run_parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
     run_parser.add_argument("--outputs", default=str(OUTPUTS), help="folder for run outputs")
-    commands.add_parser("check", help="validate params files without running").add_argument("params", nargs="+")
+    check_parser = commands.add_parser("check", help="validate params files without running")
+    check_parser.add_argument("params", nargs="+")
+    add_estimate_arguments(check_parser)
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -112,6 +115,7 @@ def main(argv=None):
                 run_name, plan = load_params(params_file)
                 refuse_secrets(params_file, plan)
                 print(f"{params_file}: ok (run '{run_name}', steps {list(plan)})")
+                print_estimate(args, params_file)
             return 0
         run_dir = run(args.params, only=args.only, force=args.force, outputs=args.outputs)
     except ParamsError as error:
