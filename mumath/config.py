@@ -107,6 +107,7 @@ def load_params(path):
     if not isinstance(raw["steps"], dict) or not raw["steps"]:
         raise ParamsError(f"{path}: 'steps' must map step names to their parameters")
     shared = {key: value for key, value in raw.items() if key not in TOP_LEVEL}
+    refuse_secret_names(path, shared, raw["steps"])
     plan, declared_anywhere = {}, set()
     for step, overrides in raw["steps"].items():
         if step not in STEPS:
@@ -136,6 +137,16 @@ def load_params(path):
         raise ParamsError(f"{path}: unknown parameter(s) {sorted(unknown_shared)}: no step's notebook declares them")
     order = list(STEPS)
     return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: order.index(item[0])))
+
+
+def refuse_secret_names(path, shared, steps):
+    """A credential-looking key is refused before anything else looks at it (its value is never echoed)."""
+    named = [key for key in shared if is_secret_name(key)]
+    named += [f"steps.{step}.{key}" for step, overrides in steps.items() if isinstance(overrides, dict)
+              for key in overrides if is_secret_name(key)]
+    if named:
+        raise ParamsError(f"{path}: parameter '{named[0]}' looks like a secret; secrets come from the "
+                          "environment (name the variable in a '<name>_env' parameter, e.g. api_key_env)")
 
 
 def redact(value):

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import (NOTEBOOK_DIR, REPO_ROOT, STEPS, ParamsError, is_secret_name, load_params, outputs_root,
-                     step_output_dir)
 from .check import check_plan
+from .config import (NOTEBOOK_DIR, STEPS, ParamsError, load_params, outputs_root, project_root,
+                     step_output_dir)
 from .manifest import Manifest, folder_hashes, package_fingerprint, sha256_file, sha256_path
 from .records import jsonl_is_complete
 
@@ -88,18 +88,9 @@ def describe_failure(error):
     return f"{type(error).__name__}: {error}"
 
 
-def refuse_secrets(params_file, plan):
-    for step, params in plan.items():
-        for key in params:
-            if is_secret_name(key):
-                raise ParamsError(f"{params_file}: parameter 'steps.{step}.{key}' looks like a secret; "
-                                  "secrets come from the environment (name the variable in '<name>_env')")
-
-
 def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
     """Run the steps of a params file; returns the run folder. Raises on the first failing step."""
     run_name, plan = load_params(params_file)
-    refuse_secrets(params_file, plan)
     check_plan(params_file, plan)  # benchmarks, data files, prompt folders: before anything runs
     if only is not None:
         if only not in plan:
@@ -149,12 +140,43 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
     return run_dir
 
 
+def quiet_kernel_manager():
+    """jupyter_client's AsyncKernelManager, minus two things a person reads as failures on every run:
+
+    - it sends SIGINT to the kernel before asking it to shut down, even when the kernel is idle (that
+      is what prints ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel``): an idle kernel at the
+      end of a notebook has nothing to interrupt, so shutdown goes straight to the shutdown request;
+    - it talks to the kernel over TCP on localhost (ipykernel warns that this is unencrypted): local
+      sockets (``ipc`` transport, files readable by this user only) are the right transport for a
+      kernel on the same machine, and ipykernel does not warn about them.
+    """
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class QuietKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:
+                return  # the kernel is being shut down after the notebook finished: nothing to interrupt
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
 def execute_notebook(step, params, run_dir, output, log_output=True):
+    run_notebook(NOTEBOOK_DIR / STEPS[step], output, dict(params, run_dir=str(run_dir)), log_output)
+
+
+def run_notebook(notebook, output, parameters, log_output=True):
+    """papermill, with the project's kernel, working directory and quiet kernel manager."""
     import papermill
 
     papermill.execute_notebook(
-        str(NOTEBOOK_DIR / STEPS[step]), str(output), parameters=dict(params, run_dir=str(run_dir)),
-        kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT), log_output=log_output, progress_bar=False)
+        str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, cwd=str(project_root()),
+        log_output=log_output, progress_bar=False, kernel_manager_class=quiet_kernel_manager())
 
 
 def main(argv=None):
@@ -173,8 +195,7 @@ def main(argv=None):
         if args.command == "check":
             for params_file in args.params:
                 run_name, plan = load_params(params_file)
-                refuse_secrets(params_file, plan)
-                for note in check_plan(params_file, plan):
+                            for note in check_plan(params_file, plan):
                     print(f"  {note}")
                 print(f"{params_file}: ok (run '{run_name}', steps {list(plan)})")
             return 0
