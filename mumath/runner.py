@@ -195,7 +195,7 @@ def main(argv=None):
         if args.command == "check":
             for params_file in args.params:
                 run_name, plan = load_params(params_file)
-                            for note in check_plan(params_file, plan):
+                for note in check_plan(params_file, plan):
                     print(f"  {note}")
                 print(f"{params_file}: ok (run '{run_name}', steps {list(plan)})")
             return 0
