@@ -31,7 +31,12 @@ def _extra(params):
     return params.get("extra_benchmarks")
 
 
+_ROWS = {}  # (name, split, data_dir, extra) -> rows: steps that share seeds read them once per check
+
+
 def _benchmarks(value, params, default_split):
+    import json
+
     from .data import DataError, load_benchmark, parse_spec, resolve_source
 
     notes = []
@@ -40,8 +45,12 @@ def _benchmarks(value, params, default_split):
         try:
             _, _, (kind, where) = resolve_source(name, split, params.get("data_dir"), _extra(params))
             if kind == "local":
-                rows = len(load_benchmark(name, split, params.get("data_dir"), extra=_extra(params)))
-                notes.append(f"{spec}: {rows} rows from {where}")
+                stat = Path(where).stat()
+                key = (name, split, str(where), stat.st_size, stat.st_mtime_ns,
+                       json.dumps(_extra(params), sort_keys=True, default=str))
+                if key not in _ROWS:
+                    _ROWS[key] = len(load_benchmark(name, split, params.get("data_dir"), extra=_extra(params)))
+                notes.append(f"{spec}: {_ROWS[key]} rows from {where}")
             else:
                 notes.append(f"{spec}: from the hub ({where['path']}), not fetched by check")
         except DataError as error:

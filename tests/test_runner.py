@@ -79,8 +79,12 @@ def test_secret_parameters_are_refused_as_secrets(tmp_path, where):
 
 
 def test_shipped_params_files_are_valid():
+    """Every params file resolves offline: benchmarks, data (the shipped copy), prompts."""
+    from mumath.check import check_plan
+
     for path in sorted((REPO / "params").glob("*.yaml")):
-        load_params(path)
+        notes = check_plan(path, load_params(path)[1])
+        assert notes and all("benchmark_data" in note for note in notes if "rows from" in note)
 
 
 def run_cli(path, outputs, *extra):
