@@ -250,7 +250,8 @@ def resolve_source(name, split, data_dir=None, extra=None):
 def load_benchmark(name, split="test", data_dir=None, limit=None, seed=0, extra=None, inputs=None):
     """Normalized records of `name`/`split`; `limit` takes a seeded random sample (stable order).
 
-    `inputs`, a list, receives the local files read (for the run manifest).
+    `inputs`, a list, receives the files read, or ``hf://datasets/<path>@<split>`` for the hub (for the run
+    manifest, which tells shipped, local and hub sources apart).
     """
     entry, source, (kind, where) = resolve_source(name, split, data_dir, extra)
     if kind == "local":
