@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from .backends import Sampling
 from .grading import extract_answer, is_equivalent
-from .prompts import build_messages
-from .prompts import prompt_files_fingerprint
+from .prompts import build_messages, prompt_files_fingerprint
 from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
 
