@@ -94,6 +94,7 @@ def run_cli(path, outputs, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # five runs of the runner (three kernels for the first, then reuse and re-runs)
 def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir):
     path = write_params(tmp_path, data_dir=str(data_dir), **tiny(with_data_steps=True))
     first = run_cli(path, tmp_path / "out")
