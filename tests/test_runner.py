@@ -132,20 +132,23 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert executed.stat().st_mtime == stamp
     assert {step["status"] for step in json.loads((run_dir / "manifest.json").read_text())["steps"].values()} == {"reused"}
 
+    trajectories = run_dir / "evaluate" / "gsm8k" / "tir" / "trajectories.jsonl"
+    trajectories.write_text(trajectories.read_text()[:-20])  # torn by a kill after the step finished
+    torn = run_cli(path, tmp_path / "out", "--only", "evaluate")
+    assert torn.returncode == 0 and "evaluate: finished before" not in torn.stdout, "torn outputs are never reused"
+    assert "incomplete" in torn.stdout and "trajectories.jsonl" in torn.stdout
+    metrics = json.loads((run_dir / "evaluate" / "gsm8k" / "tir" / "metrics.json").read_text())
+    assert metrics["n"] == 1 and len(read_jsonl(trajectories)) == 1, "metrics recomputed from what is on disk"
+
     forced = run_cli(path, tmp_path / "out", "--force", "--only", "augment")
     assert forced.returncode == 0, forced.stderr[-3000:]
     usage = json.loads((run_dir / "augment" / "stats.json").read_text())["usage"]
     assert usage["requests"] == 0 and usage["cache_hits"] > 0, "a forced re-run pays no teacher call"
     downstream = run_cli(path, tmp_path / "out", "--only", "synthesize")
-    assert downstream.returncode == 0 and "reusing" not in downstream.stdout, "augment changed: synthesize re-runs"
+    assert downstream.returncode == 0 and "synthesize: finished before" not in downstream.stdout, \
+        "augment changed: synthesize re-runs"
     assert "inputs changed" in downstream.stdout
 
-    trajectories = run_dir / "evaluate" / "gsm8k" / "tir" / "trajectories.jsonl"
-    trajectories.write_text(trajectories.read_text()[:-20])  # torn by a kill after the step finished
-    torn = run_cli(path, tmp_path / "out", "--only", "evaluate")
-    assert torn.returncode == 0 and "reusing" not in torn.stdout and "incomplete" in torn.stdout
-    metrics = json.loads((run_dir / "evaluate" / "gsm8k" / "tir" / "metrics.json").read_text())
-    assert metrics["n"] == 1 and len(read_jsonl(trajectories)) == 1
 
 
 @pytest.mark.slow
