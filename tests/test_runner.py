@@ -150,7 +150,6 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert "inputs changed" in downstream.stdout
 
 
-
 @pytest.mark.slow
 def test_failing_step_keeps_its_notebook_and_earlier_outputs(tmp_path, data_dir, embedded_dir):
     run_dir = tmp_path / "out" / "broken"
