@@ -5,9 +5,7 @@ BIN := $(VENV)/bin
 # CPU-only torch where there is no NVIDIA GPU: set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu)
 # to take torch from that index; left empty, pip's configured index decides.
 TORCH_INDEX ?=
-SHARED_DATA := $(abspath ../shared/data)
-# Benchmark data: $MUMATH_DATA_DIR if set, else ../shared/data when it exists, else the Hugging Face hub.
-export MUMATH_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/gsm8k/test.jsonl),$(SHARED_DATA),)
+# Benchmark data ships inside the package (mumath/benchmark_data); $MUMATH_DATA_DIR, when set, takes precedence.
 PARAMS ?= params/quickstart.yaml
 
 .PHONY: quickstart setup model run test test-fast lab bench clean-venv

@@ -55,3 +55,12 @@ def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None, s
     if solution is not None:
         messages.append({"role": "assistant", "content": solution})
     return messages
+
+
+def prompt_files_fingerprint(mode, few_shot=0, prompt_dir=None):
+    """sha256 (16 hex) of what the prompt of `mode` is built from: system, template, the examples used."""
+    import hashlib
+
+    parts = [read_system(prompt_dir) or "", read_template(mode, prompt_dir),
+             json.dumps(read_fewshot(mode, prompt_dir)[:few_shot], sort_keys=True, ensure_ascii=False)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
