@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .evaluate import wilson_interval
-from .records import read_jsonl
+from .records import read_jsonl, write_json
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 NOT_RUN = "not run"
@@ -735,6 +735,6 @@ def write_report(analysis, out_dir):
                                                           if example["last_error"] else "") + f"; ends: \"...{tail}\"")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    (out_dir / "analysis.json").write_text(json.dumps(
-        {key: value for key, value in analysis.items() if key not in ("figures", "report")}, indent=2, default=str))
+    write_json(out_dir / "analysis.json",
+               {key: value for key, value in analysis.items() if key not in ("figures", "report")})
     return figures, str(report)

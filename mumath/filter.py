@@ -23,7 +23,6 @@ The input is streamed twice (pass 1: per-question checks, validity, lengths, ans
 answers, dedupe, cap, writing); memory holds a few small fields per row, never the rows themselves,
 and no step compares all pairs of rows.
 """
-import json
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -35,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .decontaminate import CONTAMINATION_FILE, build_index, normalize_words
+from .records import RecordsError, iter_jsonl, jsonl_writer, write_json
 from .grading import extract_answer, extract_boxed, is_equivalent, normalize, to_number
 from .synthesize import has_prefix_cot
 from .tir import OUTPUT_MARKER
@@ -72,20 +72,20 @@ class FilterConfig:
 
 def iter_rows(path):
     """(line number, row) of a synthesize JSONL file; a broken line or a missing field names file:line."""
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise FilterError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-            missing = [field for field in REQUIRED_FIELDS if field not in row]
-            if missing:
-                raise FilterError(f"{path}:{number}: missing field(s) {missing}")
-            if not row["messages"] or row["messages"][-1].get("role") != "assistant":
-                raise FilterError(f"{path}:{number}: field 'messages' must end with the assistant's solution")
-            yield number, row
+    rows = iter_jsonl(path)
+    while True:
+        try:
+            number, row = next(rows)
+        except StopIteration:
+            return
+        except RecordsError as error:
+            raise FilterError(str(error)) from error
+        missing = [field for field in REQUIRED_FIELDS if field not in row]
+        if missing:
+            raise FilterError(f"{path}:{number}: missing field(s) {missing}")
+        if not row["messages"] or row["messages"][-1].get("role") != "assistant":
+            raise FilterError(f"{path}:{number}: field 'messages' must end with the assistant's solution")
+        yield number, row
 
 
 def solution_text(row):
@@ -522,14 +522,10 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
     exact_solutions, per_question = set(), Counter()
     overlap = defaultdict(lambda: {"rows": 0, "kept_rows": 0, "questions": set(), "by_match": Counter(),
                                    "examples": []})
-    kept_counts, tmp_paths = Counter(), []
-    dropped_path = out_dir / "dropped.jsonl.tmp"
-    tmp_paths.append(dropped_path)
-    with open(dropped_path, "w") as dropped:
+    kept_counts = Counter()
+    with jsonl_writer(out_dir / "dropped.jsonl") as write_dropped:
         for stage, path in files.items():
-            out_path = out_dir / f"{STAGE_OUTPUTS[stage]}.jsonl.tmp"
-            tmp_paths.append(out_path)
-            with open(out_path, "w") as out:
+            with jsonl_writer(out_dir / f"{STAGE_OUTPUTS[stage]}.jsonl") as write_kept:
                 for number, row in tqdm(iter_rows(path), desc=f"filter {stage}: answers, dedupe",
                                         disable=not progress):
                     verdict, label = None, None
@@ -555,18 +551,15 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
                     method = row.get("method", "seed")
                     funnel.count(stage, method, verdict[0] if verdict else None)
                     if verdict:
-                        dropped.write(json.dumps({"id": row["id"], "stage": stage, "filter": verdict[0],
-                                                  "detail": verdict[1], "question_id": row["question_id"],
-                                                  "method": method}, ensure_ascii=False) + "\n")
+                        write_dropped({"id": row["id"], "stage": stage, "filter": verdict[0],
+                                       "detail": verdict[1], "question_id": row["question_id"], "method": method})
                         continue
                     for name in found:
                         overlap[name]["kept_rows"] += 1
                     kept_counts[stage] += 1
                     row["answer_source"] = label
                     row["pseudo_answer"] = pseudo.get(row["question_id"]) if label == "pseudo" else None
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for path in tmp_paths:
-        path.replace(path.with_suffix(""))
+                    write_kept(row)
 
     funnel = funnel.to_dict()
     contamination = _contamination_report(index, unavailable or {}, overlap, keep, config.ngram)
@@ -579,9 +572,9 @@ def filter_rows(files, out_dir, config=None, index=None, unavailable=None, count
              "rows_tokenized": pass1.tokenized,
              "contaminated_for": contamination["contaminated_for"],
              "seconds": round(time.time() - started, 2), "config": config.__dict__}
-    _write_json(out_dir / "funnel.json", funnel)
-    _write_json(out_dir / CONTAMINATION_FILE, contamination)
-    _write_json(out_dir / "stats.json", stats)
+    write_json(out_dir / "funnel.json", funnel)
+    write_json(out_dir / CONTAMINATION_FILE, contamination)
+    write_json(out_dir / "stats.json", stats)
     plot_funnel(funnel, out_dir / "funnel.png")
     return stats
 
@@ -624,12 +617,6 @@ def _contamination_report(index, unavailable, overlap, keep, n):
             "examples": entry["examples"] if entry else []}
     return {"ngram": n, "checked": bool(index), "benchmarks": benchmarks, "unavailable": unavailable,
             "contaminated_for": sorted(name for name, entry in benchmarks.items() if entry["kept_rows"])}
-
-
-def _write_json(path, data):
-    from .records import write_json
-
-    write_json(path, data)
 
 
 def run_filter(run_dir, synth_dir=None, data_dir=None, extra_benchmarks=None, decontaminate_benchmarks=None,

@@ -8,6 +8,8 @@ examples ``fewshot_<mode>.jsonl`` (question, solution) given as earlier chat tur
 import json
 from pathlib import Path
 
+from .records import read_jsonl
+
 PROMPT_DIR = Path(__file__).with_name("prompts")
 MODES = ("tir", "cot")
 
@@ -23,7 +25,7 @@ def read_fewshot(mode, prompt_dir=None):
     path = Path(prompt_dir or PROMPT_DIR) / f"fewshot_{mode}.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def read_system(prompt_dir=None):

@@ -10,6 +10,7 @@ import gzip
 import json
 import lzma
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -55,6 +56,29 @@ def _parse(line, path, number):
     except json.JSONDecodeError as error:
         raise RecordsError(f"{path}:{number}: not valid JSON ({error.msg}); only a torn last line is "
                            f"tolerated, so this file is damaged: fix or delete that line") from error
+
+
+def iter_jsonl(path):
+    """(1-based line number, row) of a JSONL file, streamed (for files too big to hold); same policy as
+    `read_jsonl`: a torn last line is dropped, a bad line anywhere else raises naming ``file:line``."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open_text(path) as handle:
+        pending = None  # (number, line): held back until we know whether it is the last line
+        for number, line in enumerate(handle, 1):
+            if pending is not None and pending[1].strip():
+                yield pending[0], _parse(pending[1], path, pending[0])
+            pending = (number, line)
+    if pending is not None and pending[1].strip():
+        number, line = pending
+        if line.endswith("\n"):
+            yield number, _parse(line, path, number)
+        else:
+            try:
+                yield number, json.loads(line)  # a complete last line without its newline
+            except json.JSONDecodeError:
+                pass  # torn by a kill mid-append
 
 
 def read_jsonl(path):
@@ -111,18 +135,32 @@ def append_jsonl(path, rows):
             handle.flush()
 
 
-def _atomic_write(path, write):
+@contextmanager
+def _atomic_handle(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)  # atomic: readers see the old file or the new one, never half of one
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path, write):
+    with _atomic_handle(path) as handle:
+        write(handle)
+
+
+@contextmanager
+def jsonl_writer(path):
+    """Stream rows into a JSONL file too big to hold: yields `write(row)`; the file replaces the old one
+    atomically when the block ends, and an error inside the block leaves the old file as it was."""
+    with _atomic_handle(path) as handle:
+        yield lambda row: handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_jsonl(path, rows):

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .records import append_jsonl, read_jsonl, write_json, write_jsonl
+
 FINETUNE_MODES = ("full", "lora", "qlora")
 PROMPT_MODES = ("cot", "tir")
 # Packing (best-fit decreasing, padding-free) per device. Measured on CPU (benchmarks/results/train-cpu.json):
@@ -235,15 +237,13 @@ def make_callbacks(log_path, counter):
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero and log_path.exists():
-                kept = [line for line in log_path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-                log_path.write_text("".join(line + "\n" for line in kept))
+                write_jsonl(log_path, [record for record in read_jsonl(log_path)
+                                       if record.get("step", 0) <= state.global_step])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 record = {"step": state.global_step, "epoch": state.epoch, **logs, "time": time.time()}
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                append_jsonl(log_path, [record])
 
     class Timing(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -477,9 +477,9 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
     if rank0:
         tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "mumath_train.json").write_text(json.dumps(
-            {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-             "finetune": config.finetune, "mode": config.mode}, indent=1))
+        write_json(tmp / "mumath_train.json",
+                   {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
+                    "finetune": config.finetune, "mode": config.mode})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -501,7 +501,7 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "launch.json"
-    spec.write_text(json.dumps(asdict(config), indent=1, default=str))
+    write_json(spec, asdict(config))
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         command += ["--config_file", str(accelerate_config)]

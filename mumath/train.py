@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .prompts import build_messages
+from .records import RecordsError, read_jsonl
 from .tir import OUTPUT_MARKER
 
 IGNORE = -100
@@ -159,15 +160,10 @@ def load_rows(path):
     if not path.exists():
         raise FileNotFoundError(f"training data {path} does not exist (run the filter step, or set parameter "
                                 "'data' to a chat-format JSONL such as <run>/synthesize/cot.jsonl)")
-    rows = []
-    with open(path) as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise TrainingDataError(f"{path}:{line_number}: not valid JSON: {error}") from error
+    try:
+        rows = read_jsonl(path)
+    except RecordsError as error:
+        raise TrainingDataError(str(error)) from error
     if not rows:
         raise TrainingDataError(f"{path}: no rows to train on")
     return rows

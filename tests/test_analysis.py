@@ -174,7 +174,7 @@ def test_report_numbers_equal_those_from_the_trajectories(toy_run, analysed):
     low, high = wilson(k, n)
     line = next(line for line in report.splitlines() if "| gsm8k | tir |" in line)
     assert f"| {n} | {k} | {100 * k / n:.1f} | {100 * low:.1f}-{100 * high:.1f} |" in line
-    assert "trajectories" in line and "base: `embedded`" in line
+    assert "trajectories" in line and "base: `scripted:fake-teacher`" in line  # what answered, from config.json
     manifest = json.loads((toy_run / "manifest.json").read_text())
     assert f"{toy_run / 'manifest.json'}" in report and manifest["git"]["commit"][:12] in report
     cot = next(line for line in report.splitlines() if "| gsm8k | cot |" in line)
@@ -244,6 +244,9 @@ def test_compares_runs_and_finds_metrics_anywhere(tmp_path, toy_run, pool):
     (other / "evaluate" / "gsm8k" / "tir").rename(moved)
     write_json(moved / "config.json", {"fingerprint": "x", "settings": {"model": {"backend": "transformers",
                                                                                   "model": "/x/stage1/final"}}})
+    # the answers' own identity (config.json) names the model, not the run's parameters
+    write_json(other / "evaluate" / "gsm8k" / "cot" / "config.json",
+               {"fingerprint": "y", "settings": {"model": {"backend": "transformers", "model": "/x/stage2/final"}}})
     result = analysis.run_analysis(tmp_path / "out", runs=[toy_run, other], out_dir=tmp_path / "out" / "analysis",
                                    record=False)
     table = analysis.accuracy_table(result)
