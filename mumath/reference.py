@@ -42,7 +42,7 @@ STOP_WORDS = {
     "were", "be", "been", "for", "from", "with", "by", "as", "than", "then", "this", "it", "its", "he", "she",
     "they", "we", "you", "his", "her", "their", "more", "less", "left", "now", "all", "total", "altogether",
     "each", "if", "will", "would", "can", "has", "have", "had", "do", "does", "did", "there", "dollars",
-    "dollar", "cents", "times", "x", "per", "but", "not", "after", "before", "into", "out", "up", "down",
+    "dollar", "cents", "times", "x", "but", "not", "after", "before", "into", "out", "up", "down",
 }
 RESERVED = set(keyword.kwlist) | set(dir(builtins)) | {"X", "sympy", "solve", "symbols", "nsimplify", "Eq"}
 MAX_NAME_WORDS = 3
