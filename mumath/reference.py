@@ -10,9 +10,11 @@ paper's method (MuMath-Code has GPT-4 write the solutions).
 - Stage 2 (code-nested), GSM8K: every annotated line becomes a python block (quantities named from the
   words after the result where the text allows, ``clips_in_may = 48 / 2``), run in the sandbox, its real
   output in the ```` ```output ```` block exactly as the tool loop writes it (`tir.format_output`). With
-  ``blocks="solution"`` all steps share one block that prints the final quantity. A step whose executed
-  value disagrees with its annotation drops the solution (counted as ``disagreement``); a rationale whose
-  final answer no step computes is dropped too (``answer_not_computed``).
+  ``blocks="solution"`` all steps share one block that prints the final quantity. Plain arithmetic the
+  text writes without an annotation (``20/4 = $5``) is annotated first, so it runs and is checked too. A
+  step whose executed value disagrees with its annotation drops the solution (counted as
+  ``disagreement``, or ``disagreement_text`` for unannotated arithmetic); a rationale whose final answer
+  no step computes is dropped too (``answer_not_computed``).
 - Augmented questions: a rephrasing keeps its seed's numbers and answer, so the seed's rationale solves it
   and is used as is. A FOBAR question (one number of the seed masked as X) gets a code-nested solution
   that rebuilds the seed's computation with X as a sympy symbol and solves ``final == answer``; it is kept
@@ -63,6 +65,8 @@ class Step:
     result: float  # the annotation's right side
     name: str | None  # a python name from the text, or None
     line: int  # index of the rationale line it is on
+    written: str = ""  # the result as the annotation writes it ('0.33'): its precision
+    from_text: bool = False  # arithmetic the text wrote without a calculator annotation
 
 
 @dataclass
@@ -81,6 +85,51 @@ def split_rationale(text):
     body, _, answer = text.rpartition("####")
     lines = [line.rstrip() for line in body.strip().splitlines() if line.strip()]
     return lines, answer.strip().replace(",", "")
+
+
+# Arithmetic written in the text without an annotation: '20/4 = $5', '$40 − $4 = $36'.
+_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
+_OPERATOR = r"[-+*/×x÷−^]"
+# The result must be a whole number, not the start of a fraction ('= 1/4') or of a chain ('= 24 + 2 = 26').
+TEXT_EQUATION = re.compile(rf"(?<![\w.,:<=>/*+-])({_NUM}(?:\s*{_OPERATOR}\s*{_NUM})+)\s*=\s*\$?(\d[\d,]*(?:\.\d+)?)"
+                           rf"(?![\d<]|\s*{_OPERATOR}\s*[$\w(])")
+
+
+def annotate_text_equations(line):
+    """Give unannotated arithmetic in a line the annotation a calculator would have added, so that it is
+    executed and checked like the rest ('20/4 = $5' -> '20/4 = $<<20/4=5>>5'). Text that is not plain
+    arithmetic is left alone. Returns the line and the positions of the annotations it added."""
+    pieces, position, added, length = [], 0, [], 0
+    for match in TEXT_EQUATION.finditer(line):
+        if _inside_annotation(line, match.start()) or not _stands_alone(line, match):
+            continue
+        try:
+            expression = to_python(match.group(1).replace("$", "").replace("−", "-"))
+        except ConversionError:
+            continue
+        result_at = match.start(2)
+        pieces.append(line[position:result_at])
+        length += result_at - position
+        added.append(length)
+        annotation = f"<<{expression}={match.group(2).replace(',', '')}>>"
+        pieces.append(annotation)
+        length += len(annotation)
+        position = result_at
+    return "".join(pieces) + line[position:], added
+
+
+def _stands_alone(line, match):
+    """Plain arithmetic only: not the tail of a longer expression, a mixed number ('8 x 1 1/2'), algebra
+    ('M + 4 + 2 = 8', '= 3S + 1', '= 16 + x') or a clock time ('6:00+48'); the result not the start of
+    '5 and 2/3'."""
+    before, after = line[:match.start()].rstrip(), line[match.end():]
+    if re.search(r"(?:[\d:]|[-+*/×x÷−^(]|\b[A-Za-z]|\band)$", before) or match.group(1).count("/") > 1:
+        return False  # ... and '25 / 1/3' (people mean 25 / (1/3), python reads (25 / 1) / 3)
+    return not re.match(r"\s*(?:\d|[/:(%]|and\s+[$\d(])|[A-Za-z]", after)
+
+
+def _inside_annotation(line, position):
+    return line.rfind("<<", 0, position) > line.rfind(">>", 0, position)
 
 
 def strip_annotations(text):
@@ -131,12 +180,14 @@ def name_from_text(after):
 def parse_rationale(text):
     """A GSM8K answer -> `Rationale` with one `Step` per annotation (python expression, result, name)."""
     lines, answer = split_rationale(text)
-    rationale = Rationale(lines, answer)
+    annotated = [annotate_text_equations(line) for line in lines]
+    rationale = Rationale([line for line, _ in annotated], answer)
     used = Counter()
-    for index, line in enumerate(lines):
+    for index, (line, added) in enumerate(annotated):
         for match in ANNOTATION.finditer(line):
             expression = to_python(match.group(1))
             result = parse_number(match.group(2))
+            written_result = match.group(2).strip()
             rest = line[match.end():]
             written = WRITTEN_NUMBER.match(rest.lstrip("$"))
             after = rest.lstrip("$")[written.end():] if written else rest
@@ -147,7 +198,7 @@ def parse_rationale(text):
                 used[name] += 1
                 if used[name] > 1:
                     name = f"{name}_{used[name]}"
-            rationale.steps.append(Step(expression, result, name, index))
+            rationale.steps.append(Step(expression, result, name, index, written_result, match.start() in added))
     return rationale
 
 
@@ -164,6 +215,14 @@ def written_result_mismatches(text):
 
 def _close(a, b):
     return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9)
+
+
+def agrees(value, written):
+    """An executed value agrees with a written result when equal, or equal after rounding to the written
+    precision (10/3 and '3.33')."""
+    target = parse_number(written)
+    decimals = len(written.partition(".")[2]) if "." in written else 0
+    return _close(value, target) or (decimals > 0 and _close(round(value, decimals), target))
 
 
 def question_numbers(question):
@@ -237,7 +296,7 @@ def _substitute(expression, earlier, protected):
 class CodeSolution:
     """A code-nested solution before execution: text pieces and code blocks, and what each must print."""
     parts: list  # ("text", str) | ("code", str)
-    expected: list  # per code block: the annotation values its (check) output must show, in order
+    expected: list  # per code block: (written result, from text?) of each step its (check) output must show
     check_codes: list  # code whose output is compared with `expected` (empty: the shown blocks themselves)
     answer: str
     final_value: float | None = None  # one block per solution: what its single print must show
@@ -279,7 +338,7 @@ def _per_step(rationale, boxed):
             else:
                 code.append(f"print({step.expression})")
         parts.append(("code", "\n".join(code)))
-        expected.append([s.result for s in steps])
+        expected.append([(s.written, s.from_text) for s in steps])
     parts.append(("text", "\n".join(pending + [boxed])))
     return CodeSolution(parts, expected, [], rationale.answer)
 
@@ -300,7 +359,7 @@ def _per_solution(rationale, question, final, boxed):
     parts = [("text", text), ("code", shown), ("text", boxed)]
     # A hidden check run prints every step (compared with the annotations); the shown block's own output
     # is compared with the final value.
-    return CodeSolution(parts, [[s.result for s in rationale.steps]], [check], rationale.answer,
+    return CodeSolution(parts, [[(s.written, s.from_text) for s in rationale.steps]], [check], rationale.answer,
                         final_value=final.result)
 
 
@@ -367,10 +426,10 @@ def _check_output(solution, check_outputs, shown_outputs):
         lines = output.strip().splitlines()
         if len(lines) != len(expected):
             return "execution_error"
-        for line, value in zip(lines, expected):
+        for line, (written, from_text) in zip(lines, expected):
             try:
-                if not _close(float(line), value):
-                    return "disagreement"
+                if not agrees(float(line), written):
+                    return "disagreement_text" if from_text else "disagreement"
             except ValueError:
                 return "execution_error"
     if solution.final_value is not None:

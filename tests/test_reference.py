@@ -6,7 +6,7 @@ import pytest
 from mumath.executor import SandboxPool
 from mumath.prompts import user_message
 from mumath.records import read_jsonl, write_jsonl
-from mumath.reference import (ConversionError, code_solution, fobar_solution, gsm8k_cot, math_cot,
+from mumath.reference import (ConversionError, annotate_text_equations, code_solution, fobar_solution, gsm8k_cot, math_cot,
                               parse_rationale, plan_text, reference_solutions, to_python)
 from mumath.synthesize import run_synthesize, synthesize
 from mumath.tir import CODE_BLOCK, format_output
@@ -107,8 +107,27 @@ def test_annotation_that_is_not_arithmetic_is_refused():
 def test_rationales_without_code_are_refused_with_a_reason():
     with pytest.raises(ConversionError, match="no_annotations"):
         code_solution("She has 5 left.\n#### 5", "q")
-    with pytest.raises(ConversionError, match="answer_not_computed"):  # '20/4 = $5' is not annotated
-        code_solution("75-55 = $<<75-55=20>>20 left.\nSo 20/4 = $5 each.\n#### 5", "q")
+    with pytest.raises(ConversionError, match="answer_not_computed"):
+        code_solution("75-55 = $<<75-55=20>>20 left.\nShe bought 4 tops, so each cost five dollars.\n#### 5", "q")
+
+
+@pytest.mark.parametrize("line, annotated", [
+    ("So 20/4 = $5 each.", "So 20/4 = $<<20 / 4=5>>5 each."),
+    ("Caleb spent $40 − $4 = $36 more.", "Caleb spent $40 − $4 = $<<40 - 4=36>>36 more."),
+    ("He makes 22,500*20 = 450,000 a year.", "He makes 22,500*20 = <<22500 * 20=450000>>450,000 a year."),
+    ("Then 6*4 + 2 = 24 + 2 = 26.", "Then 6*4 + 2 = 24 + 2 = <<24 + 2=26>>26."),  # only the plain link
+    # left alone: already annotated, mixed numbers, algebra, clock times, fractions, division by a fraction
+    ("48/2 = <<48/2=24>>24 clips", "48/2 = <<48/2=24>>24 clips"),
+    ("8 x 1 1/2 = 12 rolls", "8 x 1 1/2 = 12 rolls"),
+    ("He works M + 4 + 2 = 8 hours.", "He works M + 4 + 2 = 8 hours."),
+    ("22 - 16 = 6 + x - 16", "22 - 16 = 6 + x - 16"),
+    ("It sets at 6:00+48=6:48 PM", "It sets at 6:00+48=6:48 PM"),
+    ("17/3 = 5 and 2/3 loads", "17/3 = 5 and 2/3 loads"),
+    ("1 - 3/7 = 4/7 of it", "1 - 3/7 = 4/7 of it"),
+    ("he used 25 / 1/3 = 75 decorations", "he used 25 / 1/3 = 75 decorations"),
+])
+def test_unannotated_arithmetic_in_the_text_is_annotated(line, annotated):
+    assert annotate_text_equations(line)[0] == annotated
 
 
 # ---------------------------------------------------------------- code-nested solutions, executed
@@ -157,6 +176,10 @@ def test_annotation_mismatch_drops_the_solution_and_is_counted(pool):
     # the CoT of the same rationale is kept: it is the rationale's own text
     rows, _, counts = reference_solutions(questions, {}, pool, "cot")
     assert counts["converted"] == 2
+    # wrong arithmetic written without an annotation is caught the same way, and counted apart
+    text_error = "The team scored 10 x 1,248 = 11,480 points.\n#### 11480"
+    _, _, counts = reference_solutions([seed("Points?", text_error)], {}, pool, "tir")
+    assert counts["dropped"] == {"disagreement_text": 1}
 
 
 def test_fobar_solves_the_seeds_computation_for_x(pool):
