@@ -177,6 +177,22 @@ def name_from_text(after):
     return "_".join(words)
 
 
+WRITTEN_BEFORE = re.compile(rf"({_NUM}(?:\s*{_OPERATOR}\s*{_NUM})+)\s*=\s*\$?\s*$")
+
+
+def _with_written_arithmetic(expression, before):
+    """An annotation that holds only its result (``12 - 4 = <<8=8>>8``) takes the arithmetic the text wrote."""
+    if not isinstance(ast.parse(expression, mode="eval").body, ast.Constant):
+        return expression
+    written = WRITTEN_BEFORE.search(before)
+    if written is None:
+        return expression
+    try:
+        return to_python(written.group(1).replace("$", "").replace("−", "-"))
+    except ConversionError:
+        return expression
+
+
 def parse_rationale(text):
     """A GSM8K answer -> `Rationale` with one `Step` per annotation (python expression, result, name)."""
     lines, answer = split_rationale(text)
@@ -185,7 +201,7 @@ def parse_rationale(text):
     used = Counter()
     for index, (line, added) in enumerate(annotated):
         for match in ANNOTATION.finditer(line):
-            expression = to_python(match.group(1))
+            expression = _with_written_arithmetic(to_python(match.group(1)), line[:match.start()])
             result = parse_number(match.group(2))
             written_result = match.group(2).strip()
             rest = line[match.end():]
@@ -378,6 +394,8 @@ def fobar_solution(rationale_text, seed_question, masked_value, seed_answer):
         raise ConversionError("answer_not_computed", f"no annotated step computes {seed_answer}")
     # The masked number becomes X; other question numbers stay literals; earlier results become names.
     protected = question_numbers(seed_question) - {masked}
+    # '80%' of the question is '.8' in the rationale
+    percent = re.search(rf"(?<![\d.]){re.escape(str(masked_value))}\s*(?:%|percent)", seed_question) is not None
     earlier, code, uses_x = [], [], False
     for number, step in enumerate(rationale.steps, 1):
         name = step.name or f"step_{number}"
@@ -388,6 +406,8 @@ def fobar_solution(rationale_text, seed_question, masked_value, seed_answer):
             def visit_Constant(self, node):
                 if isinstance(node.value, (int, float)) and _close(node.value, masked):
                     return ast.Name(id="X", ctx=ast.Load())
+                if percent and isinstance(node.value, (int, float)) and _close(node.value, masked / 100):
+                    return ast.BinOp(ast.Name(id="X", ctx=ast.Load()), ast.Div(), ast.Constant(100))
                 return node
 
         masked_expression = ast.unparse(MaskX().visit(tree))

@@ -89,6 +89,11 @@ def test_names_from_the_text_and_repeated_quantities():
     assert parse_rationale("It is 2+3=<<2+3=5>>5 sum.\n#### 5").steps[0].name == "sum_value"
 
 
+def test_an_annotation_holding_only_its_result_takes_the_written_arithmetic():
+    steps = parse_rationale("Then subtract 4: 12 - 4 = <<8=8>>8\n#### 8").steps
+    assert steps[0].expression == "12 - 4"
+
+
 @pytest.mark.parametrize("annotation, python", [
     ("48/2", "48 / 2"), ("20000*.8", "20000 * 0.8"), ("3*-2", "3 * -2"), ("2^3", "2 ** 3"),
     ("12x2", "12 * 2"), ("50*20%", "50 * 20 / 100"), ("1,200+300", "1200 + 300"), ("(3+4)*2", "(3 + 4) * 2"),
@@ -198,6 +203,14 @@ def test_fobar_solves_the_seeds_computation_for_x(pool):
     unused = dict(fobar, id="x", meta=dict(fobar["meta"], masked_value="7"), answer="7")
     _, _, counts = reference_solutions([unused], {natalia["id"]: natalia}, pool, "tir")
     assert counts["dropped"] == {"masked_number_unused": 1}
+    # a masked percentage is a fraction in the rationale: '80%' -> '.8' -> 'X / 100'
+    roses_q = "Jan buys 5 dozen roses. Each rose cost $6. He only needs to pay 80%. How much did he pay?"
+    roses = seed(roses_q, "He got 5*12=<<5*12=60>>60 roses\nSo the cost was 6*60=$<<6*60=360>>360\n"
+                          "So he has to pay 360*.8=$<<360*.8=288>>288\n#### 288", "1")
+    masked = dict(fobar, id="p", seed_id=roses["id"], answer="80", meta={"masked_value": "80"})
+    rows, _, _ = reference_solutions([masked], {roses["id"]: roses}, pool, "tir")
+    assert "X / 100" in rows[0]["messages"][1]["content"] and OUTPUT_BLOCK.findall(
+        rows[0]["messages"][1]["content"]) == ["[80]"]
     # the solver must return exactly the masked number (here the seed's answer is changed)
     with pytest.raises(ConversionError, match="answer_not_computed"):
         fobar_solution(NATALIA, NATALIA_Q, "48", "73")
