@@ -88,7 +88,7 @@ def split_rationale(text):
 
 
 # Arithmetic written in the text without an annotation: '20/4 = $5', '$40 − $4 = $36'.
-_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
+_NUM = r"\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
 _OPERATOR = r"[-+*/×x÷−^]"
 # The result must be a whole number, not the start of a fraction ('= 1/4') or of a chain ('= 24 + 2 = 26').
 TEXT_EQUATION = re.compile(rf"(?<![\w.,:<=>/*+-])({_NUM}(?:\s*{_OPERATOR}\s*{_NUM})+)\s*=\s*\$?(\d[\d,]*(?:\.\d+)?)"
@@ -122,10 +122,18 @@ def _stands_alone(line, match):
     """Plain arithmetic only: not the tail of a longer expression, a mixed number ('8 x 1 1/2'), algebra
     ('M + 4 + 2 = 8', '= 3S + 1', '= 16 + x') or a clock time ('6:00+48'); the result not the start of
     '5 and 2/3'."""
-    before, after = line[:match.start()].rstrip(), line[match.end():]
-    if re.search(r"(?:[\d:]|[-+*/×x÷−^(]|\b[A-Za-z]|\band)$", before) or match.group(1).count("/") > 1:
+    after = line[match.end():]
+    if _continues_expression(line[:match.start()]) or match.group(1).count("/") > 1:
         return False  # ... and '25 / 1/3' (people mean 25 / (1/3), python reads (25 / 1) / 3)
     return not re.match(r"\s*(?:\d|[/:(%]|and\s+[$\d(])|[A-Za-z]", after)
+
+
+def _continues_expression(before):
+    """Whether arithmetic starting right after `before` is the tail of something longer: a number or
+    operator before it ('8 x 1 1/2', '+ 12 - 18'), a variable ('M + 4'), 'and' ('1 and 1/4'), or a
+    clock time ('6:00')."""
+    return bool(re.search(r"[:.]$", before) or
+                re.search(r"(?:\d|[-+*/×x÷−^(]|\b[A-Za-z]|\band)$", before.rstrip()))
 
 
 def _inside_annotation(line, position):
@@ -177,7 +185,7 @@ def name_from_text(after):
     return "_".join(words)
 
 
-WRITTEN_BEFORE = re.compile(rf"({_NUM}(?:\s*{_OPERATOR}\s*{_NUM})+)\s*=\s*\$?\s*$")
+WRITTEN_BEFORE = re.compile(rf"(?<![\w.,:<=>/*+-])({_NUM}(?:\s*{_OPERATOR}\s*{_NUM})+)\s*=\s*\$?\s*$")
 
 
 def _with_written_arithmetic(expression, before):
@@ -185,8 +193,8 @@ def _with_written_arithmetic(expression, before):
     if not isinstance(ast.parse(expression, mode="eval").body, ast.Constant):
         return expression
     written = WRITTEN_BEFORE.search(before)
-    if written is None:
-        return expression
+    if written is None or _continues_expression(before[:written.start()]):
+        return expression  # none, or only the tail of a longer expression ('the bikes + 12 - 18 =')
     try:
         return to_python(written.group(1).replace("$", "").replace("−", "-"))
     except ConversionError:

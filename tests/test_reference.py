@@ -90,8 +90,10 @@ def test_names_from_the_text_and_repeated_quantities():
 
 
 def test_an_annotation_holding_only_its_result_takes_the_written_arithmetic():
-    steps = parse_rationale("Then subtract 4: 12 - 4 = <<8=8>>8\n#### 8").steps
-    assert steps[0].expression == "12 - 4"
+    steps = parse_rationale("Then subtract 4: 12 - 4 = <<8=8>>8\nHis discount is .10*280= $<<28=28.00>>28.00\n"
+                            "She has the bikes she had + 12 - 18 = <<45=45>>45 bikes\n#### 45").steps
+    # ... but not the tail of a longer expression, which keeps the bare result
+    assert [s.expression for s in steps] == ["12 - 4", "0.1 * 280", "45"]
 
 
 @pytest.mark.parametrize("annotation, python", [
