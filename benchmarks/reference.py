@@ -1,7 +1,7 @@
 """Reference solutions over GSM8K train: yield and time of code-nested conversion, one block per step vs one
 block per solution, and of FOBAR solutions solved with sympy.
 
-    python benchmarks/reference.py [--limit N] [--workers 2]
+    python benchmarks/reference.py [--limit N] [--workers 2] [--parts step,solution,fobar]
 
 Writes benchmarks/results/reference.json. Both block modes run in the same process on the same pool, one
 after the other, so CPU contention from other jobs affects both. FOBAR questions are built the way step 1
@@ -53,15 +53,22 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "reference.json"))
+    parser.add_argument("--parts", default="step,solution,fobar", help="which measurements to (re)run")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     seeds = load_benchmark("gsm8k", "train", args.data_dir, limit=args.limit)
-    results = {"problems": len(seeds), "workers": args.workers, "cpus": os.cpu_count(),
-               "machine": platform.platform(), "note": "measured while other jobs shared the CPUs"}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and len(parts) < 3 else {}  # keep the other parts
+    results.update({"problems": len(seeds), "workers": args.workers, "cpus": os.cpu_count(),
+                    "machine": platform.platform(), "note": "measured while other jobs shared the CPUs"})
     with SandboxPool(workers=args.workers) as pool:
-        results["tir_block_per_step"] = measure("one block per step", seeds, {}, pool, "step")
-        results["tir_block_per_solution"] = measure("one block per solution", seeds, {}, pool, "solution")
-        fobar = fobar_questions(seeds)
-        results["fobar"] = measure("FOBAR (sympy)", fobar, {record["id"]: record for record in seeds}, pool)
+        if "step" in parts:
+            results["tir_block_per_step"] = measure("one block per step", seeds, {}, pool, "step")
+        if "solution" in parts:
+            results["tir_block_per_solution"] = measure("one block per solution", seeds, {}, pool, "solution")
+        if "fobar" in parts:
+            fobar = fobar_questions(seeds)
+            results["fobar"] = measure("FOBAR (sympy)", fobar, {record["id"]: record for record in seeds}, pool)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print("wrote", args.out)

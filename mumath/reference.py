@@ -397,6 +397,9 @@ def fobar_solution(rationale_text, seed_question, masked_value, seed_answer):
         raise ConversionError("no_annotations")
     masked = parse_number(str(masked_value))
     answer_value = parse_number(str(seed_answer))
+    occurrences = [n for n in QUESTION_NUMBER.findall(seed_question) if _close(parse_number(n), masked)]
+    if len(occurrences) > 1:  # which of them the rationale's literal stands for cannot be told
+        raise ConversionError("fobar_ambiguous", f"{masked_value} appears {len(occurrences)} times in the question")
     final = next((s for s in reversed(rationale.steps) if _close(s.result, answer_value)), None)
     if final is None:
         raise ConversionError("answer_not_computed", f"no annotated step computes {seed_answer}")

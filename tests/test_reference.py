@@ -213,6 +213,10 @@ def test_fobar_solves_the_seeds_computation_for_x(pool):
     rows, _, _ = reference_solutions([masked], {roses["id"]: roses}, pool, "tir")
     assert "X / 100" in rows[0]["messages"][1]["content"] and OUTPUT_BLOCK.findall(
         rows[0]["messages"][1]["content"]) == ["[80]"]
+    # a masked number that the question has twice: which one a step uses cannot be told
+    with pytest.raises(ConversionError, match="fobar_ambiguous"):
+        fobar_solution("The second is 3*2=<<3*2=6>>6 cm.\nTogether 3+6=<<3+6=9>>9 cm.\n#### 9",
+                       "Jazel has 3 sticks. One is 3 cm long, the second twice as long. How long are they?", "3", "9")
     # the solver must return exactly the masked number (here the seed's answer is changed)
     with pytest.raises(ConversionError, match="answer_not_computed"):
         fobar_solution(NATALIA, NATALIA_Q, "48", "73")
