@@ -6,8 +6,8 @@ import pytest
 from mumath.executor import SandboxPool
 from mumath.prompts import user_message
 from mumath.records import read_jsonl, write_jsonl
-from mumath.reference import (ConversionError, annotate_text_equations, code_solution, fobar_solution, gsm8k_cot, math_cot,
-                              parse_rationale, plan_text, reference_solutions, to_python)
+from mumath.reference import (ConversionError, annotate_text_equations, code_solution, fobar_solution, gsm8k_cot,
+                              math_cot, parse_rationale, plan_text, reference_solutions, to_python)
 from mumath.synthesize import run_synthesize, synthesize
 from mumath.tir import CODE_BLOCK, format_output
 from mumath.backends import Completion
@@ -269,8 +269,9 @@ def test_run_synthesize_reference_and_both(tmp_path, pool, data_dir):
     assert set(cot[0]) == set(teacher_rows[0]) and set(tir[0]) == set(teacher_rows[0])
     assert tir[0]["messages"][0]["content"] == user_message(tir[0]["question"], "tir")
 
-    stats = run_synthesize(tmp_path / "both", GuessingTeacher(), pool, include_seeds=True, seed_benchmarks=["gsm8k:train"],
-                           seeds_per_benchmark=2, data_dir=data_dir, solution_source="both")
+    stats = run_synthesize(tmp_path / "both", GuessingTeacher(), pool, include_seeds=True,
+                           seed_benchmarks=["gsm8k:train"], seeds_per_benchmark=2, data_dir=data_dir,
+                           solution_source="both")
     assert stats["rows_by_source"] == {"cot": {"scripted:guess": 2, "reference": 2},
                                        "tir": {"scripted:guess": 2, "reference": 2}}
     ids = [r["id"] for r in read_jsonl(tmp_path / "both" / "synthesize" / "tir.jsonl")]
