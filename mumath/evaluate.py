@@ -47,10 +47,11 @@ def evaluate_records(backend, executor, records, config, out_dir, benchmark="", 
     return evaluate_suites(backend, executor, {benchmark: (records, out_dir)}, config, progress)[0]
 
 
-def evaluate_suites(backend, executor, suites, config, progress=True):
+def evaluate_suites(backend, executor, suites, config, progress=True, extra_metrics=None):
     """Run (or resume) several benchmarks in one mode, batched together; returns metrics per benchmark.
 
-    `suites` maps a benchmark name to (records, out_dir). Pending problems of all benchmarks share
+    `suites` maps a benchmark name to (records, out_dir); `extra_metrics` (benchmark -> dict) is merged
+    into that benchmark's metrics (e.g. `contaminated`). Pending problems of all benchmarks share
     the generation batches, so small per-benchmark samples still fill the model's batch.
     """
     todo = []
@@ -84,7 +85,8 @@ def evaluate_suites(backend, executor, suites, config, progress=True):
         wanted = {record["id"] for record in records}
         rows = [row for row in read_jsonl(Path(out_dir) / "trajectories.jsonl") if row["id"] in wanted]
         metrics = compute_metrics(rows, config.n_samples)
-        metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot)
+        metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot,
+                       **(extra_metrics or {}).get(benchmark, {}))
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         results.append(metrics)
     return results
@@ -169,6 +171,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/evaluate/."""
     from .backends import make_backend
     from .data import load_benchmark
+    from .decontaminate import evaluation_contamination
     from .executor import SandboxPool
     from .manifest import record_inputs
     from .models import resolve_model_path
@@ -186,6 +189,8 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     if prompt_dir:
         inputs.append(prompt_dir)
     record_inputs(run_dir, inputs)
+    # True when this run's filtered training data overlaps the benchmark's test questions (warns).
+    contaminated = {spec: {"contaminated": evaluation_contamination(run_dir, spec)} for spec in suites}
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     results = []
     with SandboxPool(workers=exec_workers, timeout=exec_timeout, memory_mb=exec_memory_mb) as executor:
@@ -195,6 +200,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                                 chunk_size=chunk_size)
             jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
-            results += evaluate_suites(engine, executor, jobs, config, progress=progress)
+            results += evaluate_suites(engine, executor, jobs, config, progress=progress,
+                                       extra_metrics=contaminated)
     (Path(run_dir) / "evaluate" / "summary.json").write_text(json.dumps(results, indent=2))
     return results

@@ -29,6 +29,7 @@ def tiny(run="tiny", with_data_steps=False, **evaluate):
     if with_data_steps:
         steps["augment"] = dict(methods={"rephrase": 1, "fobar": 1}, max_new_tokens=24)
         steps["synthesize"] = dict(stages={"tir": 1}, max_new_tokens=24, max_rounds=1, exec_workers=1)
+        steps["filter"] = dict(decontaminate_benchmarks=["gsm8k", "svamp"])
         return dict(run=run, seed=0, model="embedded", teacher_model="embedded", seed_benchmarks=["gsm8k:train"],
                     seeds_per_benchmark=1, steps=steps)
     return dict(run=run, seed=0, model="embedded", steps=steps)
@@ -89,7 +90,7 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "out" / "tiny"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and list(manifest["steps"]) == ["augment", "synthesize", "evaluate"]
+    assert manifest["status"] == "completed" and list(manifest["steps"]) == ["augment", "synthesize", "filter", "evaluate"]
     assert all(step["status"] == "completed" for step in manifest["steps"].values())
     questions = [json.loads(line) for line in open(run_dir / "augment" / "questions.jsonl")]
     assert {q["method"] for q in questions} <= {"rephrase", "fobar"} and any(q["method"] == "fobar" for q in questions)
@@ -97,13 +98,15 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert len(solutions) == 1 + len(questions) and all(s["messages"][1]["role"] == "assistant" for s in solutions)
     assert (run_dir / "cache" / "teacher.jsonl").exists()
     assert manifest["git"]["commit"] and manifest["packages"]["transformers"] and manifest["hardware"]["cpus"]
+    funnel = json.loads((run_dir / "filter" / "funnel.json").read_text())
+    assert funnel["stages"]["tir"]["input"] == len(solutions) and (run_dir / "filter" / "stage2.jsonl").exists()
     assert manifest["seeds"] == {"augment": 0, "synthesize": 0, "evaluate": 0} and manifest["params"]["evaluate"]["limit"] == 1
     data_file = str(Path(data_dir, "gsm8k", "test.jsonl").resolve())
     assert manifest["inputs"][data_file] == sha256_file(data_file)
     assert str(path.resolve()) in manifest["inputs"]
     for benchmark in ("gsm8k", "svamp"):
         metrics = json.loads((run_dir / "evaluate" / benchmark / "tir" / "metrics.json").read_text())
-        assert metrics["n"] == 1
+        assert metrics["n"] == 1 and metrics["contaminated"] is False
     executed = run_dir / "06_evaluate.ipynb"
     assert json.loads(executed.read_text())["cells"][2]["outputs"] is not None
     for file in run_dir.rglob("*"):
