@@ -421,18 +421,9 @@ def _figure(width, height):
 
 
 def plot_funnel(funnel, out_dir, name):
-    stages = funnel.get("stages") or {}
-    figure = _figure(5 * max(1, len(stages)), 3.2)
-    for position, (stage, steps) in enumerate(stages.items(), 1):
-        axes = figure.add_subplot(1, len(stages), position)
-        names = list(steps)[::-1]
-        values = [steps[key] for key in names]
-        axes.barh(names, values, color="tab:blue")
-        for y, value in enumerate(values):
-            axes.text(value, y, f" {value}", va="center", fontsize=8)
-        axes.set_xlim(0, max(values + [1]) * 1.2)
-        axes.set_title(f"filter funnel, {stage}: rows left after each filter", fontsize=9)
-    return save_figure(figure, out_dir, name)
+    from .filter import funnel_figure  # the filter step draws the same figure: one drawing for both
+
+    return save_figure(funnel_figure(funnel), out_dir, name)
 
 
 def plot_augment(section, out_dir, name):

@@ -331,11 +331,11 @@ class Funnel:
                               for stage in stages}}
 
 
-def plot_funnel(funnel, path):
-    """Horizontal bars: rows left after each filter, one panel per stage."""
+def funnel_figure(funnel):
+    """Horizontal bars: rows left after each filter, one panel per stage (a matplotlib Figure)."""
     from matplotlib.figure import Figure
 
-    stages = funnel["stages"]
+    stages = funnel.get("stages") or {}
     figure = Figure(figsize=(5 * max(1, len(stages)), 3.2))
     for position, (stage, steps) in enumerate(stages.items(), 1):
         axes = figure.add_subplot(1, len(stages), position)
@@ -347,7 +347,11 @@ def plot_funnel(funnel, path):
         axes.set_title(f"{stage} -> {STAGE_OUTPUTS.get(stage, stage)}: rows left after each filter", fontsize=9)
         axes.set_xlim(0, max(values + [1]) * 1.15)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    return figure
+
+
+def plot_funnel(funnel, path):
+    funnel_figure(funnel).savefig(path, dpi=110)
     return path
 
 
