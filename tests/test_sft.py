@@ -37,8 +37,9 @@ def rows_file(tmp_path_factory, data_dir):
     """16 GSM8K training rationales as CoT rows, a few with a (real-format) execution output."""
     folder = tmp_path_factory.mktemp("data")
     rows = []
-    for index, line in enumerate((data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()[:16]):
-        record = json.loads(line)
+    from mumath.records import read_jsonl
+
+    for index, record in enumerate(read_jsonl(data_dir / "gsm8k" / "train.jsonl.gz")[:16]):
         body, answer = record["answer"].split("####")
         solution = body.strip() + f"\nThe answer is \\boxed{{{answer.strip()}}}."
         if index % 4 == 0:

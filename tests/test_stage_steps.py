@@ -19,7 +19,8 @@ def test_run_dir_placeholder_is_expanded_everywhere():
 
 def test_quickstart_trains_both_stages_and_evaluates_the_stage2_model():
     run, plan = load_params(REPO / "params" / "quickstart.yaml")
-    assert list(plan)[-3:] == ["stage1", "stage2", "evaluate"]
+    assert list(plan)[-4:] == ["stage1", "stage2", "evaluate", "analysis"]
+    assert "data" not in plan["stage1"] and "data" not in plan["stage2"]  # the filtered data: their default
     assert plan["evaluate"]["model"] == "{run_dir}/stage2/final"
     assert plan["stage1"]["finetune"] == plan["stage2"]["finetune"] == "lora"
 
