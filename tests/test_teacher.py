@@ -143,7 +143,9 @@ def test_server_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     outcome = {}
 
     def first_run():
-        backend = OpenAIBackend(server.base_url, "embedded", max_concurrency=2, max_retries=0, timeout=30,
+        # generous timeouts: on a loaded machine the CPU server can take minutes per request, and a timed-out
+        # request would end the first run before any response is cached
+        backend = OpenAIBackend(server.base_url, "embedded", max_concurrency=2, max_retries=0, timeout=300,
                                 progress=False, tokenizer=load_tokenizer("embedded"))
         try:
             outcome["records"] = augment(seeds, Teacher(backend, cache), {"rephrase": 1}, sampling)
@@ -153,7 +155,7 @@ def test_server_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     try:
         thread = threading.Thread(target=first_run)
         thread.start()
-        deadline = time.time() + 120
+        deadline = time.time() + 900
         while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 3):
             time.sleep(0.05)
         server.stop()  # the crash
