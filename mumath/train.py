@@ -154,8 +154,6 @@ def build_examples(rows, tokenizer, mode, max_length=2048, prompt_dir=None, sour
 
 def load_rows(path):
     """Rows of a chat-format JSONL; a broken line fails with file:line (nothing is silently skipped)."""
-    import json
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"training data {path} does not exist (run the filter step, or set parameter "
