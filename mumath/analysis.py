@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import step_of
 from .evaluate import wilson_interval
 from .records import read_jsonl, write_json
 
@@ -207,11 +208,13 @@ def model_of(metrics_path, metrics, prov):
 
 
 def model_role(model):
-    """base / stage-1 / stage-2, from the model's path (a run's `<run>/stage2/final` is its stage-2 model)."""
+    """base / stage-1 / stage-2, from the model's path (a run's `<run>/stage2/final` is its stage-2 model);
+    a variant's folder names it: `<run>/stage2.from_base/final` is 'stage-2 [from_base]'."""
     parts = re.split(r"[\\/]", model)
     for folder, role in ROLES:
-        if folder in parts:
-            return role
+        for part in parts:
+            if step_of(part) == folder:
+                return role + (f" [{part.split('.', 1)[1]}]" if "." in part else "")
     return "base"
 
 
@@ -303,8 +306,10 @@ def _failing_example(row):
 def training_section(run_dir):
     """Per training stage: loss and learning rate per step (log.jsonl) and stats.json; None if neither ran."""
     stages = {}
-    for stage in STAGE_DIRS:
-        folder = Path(run_dir) / stage
+    folders = sorted(path for path in Path(run_dir).iterdir() if step_of(path.name) in STAGE_DIRS) \
+        if Path(run_dir).is_dir() else []
+    for folder in folders:  # stage1/, stage2/ and their variants (stage2.from_base/)
+        stage = folder.name
         if not folder.is_dir():
             continue
         logs = [folder / "log.jsonl"] if (folder / "log.jsonl").exists() else sorted(folder.glob("*.jsonl"))

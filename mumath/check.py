@@ -8,7 +8,7 @@ parameter name, in `CHECKS`; a new step's parameter with one of these names is c
 """
 from pathlib import Path
 
-from .config import NOTEBOOK_DIR, STEPS, ParamsError, notebook_parameters
+from .config import ParamsError, notebook_of, notebook_parameters
 
 CHECKS = {}
 
@@ -120,7 +120,7 @@ def check_plan(params_file, plan):
     naming the file and the parameter."""
     notes = []
     for step, params in plan.items():
-        full = dict(notebook_parameters(NOTEBOOK_DIR / STEPS[step]), **params)
+        full = dict(notebook_parameters(notebook_of(step)), **params)
         for name, check in CHECKS.items():
             if name in full:
                 try:

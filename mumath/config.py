@@ -8,6 +8,13 @@ A params file looks like::
     steps:                     # the steps to run, in recipe order, each with its own parameters
       evaluate:
         benchmarks: [gsm8k]
+      evaluate.base:           # a variant: the same notebook again, outputs in <run>/evaluate.base/
+        model: embedded
+
+A step key is a step name or ``<step>.<variant>`` (the ablation trains stage 2 twice and evaluates four
+models in one run). A variant runs its step's notebook with its own parameters and its own output folder,
+which its notebook gets as ``step_name``; it runs after every step of an earlier recipe stage, in file order
+within its stage. Only notebooks that declare ``step_name`` (training and evaluation) take variants.
 
 The `parameters` cell of each notebook is the schema: a key no notebook declares, or a value whose
 type differs from the notebook's default, fails before anything runs, naming the key and the file.
@@ -29,7 +36,8 @@ STEPS = {"augment": "01_augment.ipynb", "synthesize": "02_synthesize.ipynb", "fi
 # needs nothing but to write beneath <run_dir>/<its folder>/.
 STEP_OUTPUTS = {step: step for step in STEPS}
 TOP_LEVEL = {"run", "steps", "description"}
-RUNNER_PARAMS = {"run_dir"}  # injected by the runner, not set by the user
+RUNNER_PARAMS = {"run_dir", "step_name"}  # injected by the runner, not set by the user
+STEP_KEY = re.compile(r"^(?P<step>[a-z0-9]+)(?:\.(?P<variant>[A-Za-z0-9_-]+))?$")
 # A parameter named like a credential ("api_key", "hf_token", "password"); "max_new_tokens" is not one.
 SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|access_token|auth)$", re.I)
 
@@ -54,8 +62,31 @@ def resolve_run_dir(run_dir):
     return path if path.is_absolute() else (project_root() / path).resolve()
 
 
+def step_of(key):
+    """The recipe step a step key names: 'stage2.from_base' -> 'stage2' (None when it names none)."""
+    match = STEP_KEY.match(str(key))
+    return match["step"] if match and match["step"] in STEPS else None
+
+
+def step_order(key):
+    """Position of a step key's recipe step: steps run, and see each other's outputs, in this order."""
+    return list(STEPS).index(step_of(key))
+
+
+def notebook_of(key):
+    return NOTEBOOK_DIR / STEPS[step_of(key)]
+
+
+def executed_notebook_name(key):
+    """'evaluate' -> 06_evaluate.ipynb; 'evaluate.base' -> 06_evaluate.base.ipynb (beside the outputs)."""
+    name = STEPS[step_of(key)]
+    variant = STEP_KEY.match(key)["variant"]
+    return name if variant is None else name.replace(".ipynb", f".{variant}.ipynb")
+
+
 def step_output_dir(run_dir, step):
-    return Path(run_dir) / STEP_OUTPUTS[step]
+    """<run>/<step>/ for a step, <run>/<step>.<variant>/ for a variant."""
+    return Path(run_dir) / (STEP_OUTPUTS[step] if step in STEP_OUTPUTS else step)
 
 
 def notebook_parameters(notebook_path):
@@ -110,15 +141,19 @@ def load_params(path):
     refuse_secret_names(path, shared, raw["steps"])
     plan, declared_anywhere = {}, set()
     for step, overrides in raw["steps"].items():
-        if step not in STEPS:
-            raise ParamsError(f"{path}: unknown step 'steps.{step}'; steps: {list(STEPS)}")
-        notebook = NOTEBOOK_DIR / STEPS[step]
+        if step_of(step) is None:
+            raise ParamsError(f"{path}: unknown step 'steps.{step}'; steps: {list(STEPS)}, or "
+                              "<step>.<variant> with letters, digits, '_' or '-' after the dot")
+        notebook = notebook_of(step)
         if not notebook.exists():
             raise ParamsError(f"{path}: step '{step}' has no notebook yet ({notebook.name})")
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise ParamsError(f"{path}: 'steps.{step}' must be a mapping of parameters")
         defaults = notebook_parameters(notebook)
+        if step != step_of(step) and "step_name" not in defaults:
+            raise ParamsError(f"{path}: 'steps.{step}': step '{step_of(step)}' takes no variants (its notebook "
+                              f"{notebook.name} writes to one fixed folder; it declares no step_name)")
         declared_anywhere |= set(defaults)
         for key, value in overrides.items():
             if key not in defaults or key in RUNNER_PARAMS:
@@ -135,8 +170,7 @@ def load_params(path):
     unknown_shared = set(shared) - declared_anywhere
     if unknown_shared:
         raise ParamsError(f"{path}: unknown parameter(s) {sorted(unknown_shared)}: no step's notebook declares them")
-    order = list(STEPS)
-    return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: order.index(item[0])))
+    return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: step_order(item[0])))  # stable: file order
 
 
 def refuse_secret_names(path, shared, steps):

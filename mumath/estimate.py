@@ -17,7 +17,7 @@ per problem), and keep shares from its augment and filter statistics. Every numb
 import re
 from pathlib import Path
 
-from .config import NOTEBOOK_DIR, STEPS, ParamsError, load_params, notebook_parameters
+from .config import ParamsError, load_params, notebook_of, notebook_parameters
 
 # Rows of the published splits (the registry's table in the README); a split not here needs a `limit`.
 SPLIT_ROWS = {"gsm8k:train": 7473, "gsm8k:test": 1319, "math:train": 7500, "math:train_offline": 4500,
@@ -59,7 +59,7 @@ def split_rows(spec, default_split, limit):
 
 def step_params(plan, step):
     """A step's parameters as its notebook will see them: the notebook's defaults, then the file's values."""
-    return {**notebook_parameters(NOTEBOOK_DIR / STEPS[step]), **plan[step]}
+    return {**notebook_parameters(notebook_of(step)), **plan[step]}
 
 
 def model_billions(name, default):

@@ -254,8 +254,9 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
                    max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
                    temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=2, exec_timeout=10.0,
-                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True):
-    """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/evaluate/."""
+                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True, step_name="evaluate"):
+    """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/<step_name>/
+    (``evaluate/``, or a variant's ``evaluate.<variant>/``)."""
     from .backends import make_backend
     from .data import load_benchmark
     from .decontaminate import evaluation_contamination
@@ -287,9 +288,9 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
             config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
                                 sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
                                 chunk_size=chunk_size, model_identity=identity)
-            jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
+            jobs = {spec: (records, Path(run_dir) / step_name / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
             results += evaluate_suites(engine, executor, jobs, config, progress=progress,
                                        extra_metrics=contaminated)
-    write_json(Path(run_dir) / "evaluate" / "summary.json", results)
+    write_json(Path(run_dir) / step_name / "summary.json", results)
     return results

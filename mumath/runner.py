@@ -7,7 +7,8 @@ its fingerprint is unchanged and its outputs are intact (``--force`` re-runs it)
 
 - its parameters and its notebook;
 - the `mumath` package's files (code, registry, prompts, shipped data);
-- its upstream inputs: every file in the output folders of the steps before it in `config.STEPS`
+- its upstream inputs: every file in the output folders of the steps (and variants) of earlier recipe
+  stages (`config.STEPS` order)
   (``<run>/<step>/``, see `config.step_output_dir`), and every file or folder the step recorded reading
   (`manifest.record_inputs`: data files, models, prompt folders), re-hashed now.
 
@@ -22,8 +23,8 @@ import time
 from pathlib import Path
 
 from .check import check_plan
-from .config import (NOTEBOOK_DIR, STEPS, ParamsError, load_params, outputs_root, project_root,
-                     step_output_dir)
+from .config import (ParamsError, executed_notebook_name, load_params, notebook_of,
+                     notebook_parameters, outputs_root, project_root, step_of, step_order, step_output_dir)
 from .estimate import add_estimate_arguments, print_estimate
 from .manifest import Manifest, folder_hashes, package_fingerprint, sha256_file, sha256_path
 from .records import jsonl_is_complete
@@ -32,10 +33,12 @@ KERNEL_NAME = "python3"  # ipykernel's native spec: the interpreter running this
 OUTPUTS = outputs_root()
 
 
-def upstream_steps(step):
-    """The steps before `step` in recipe order: their outputs are its possible inputs."""
-    order = list(STEPS)
-    return order[:order.index(step)]
+def upstream_folders(run_dir, step):
+    """Output folders of the steps (variants included) of earlier recipe stages than `step`: its possible
+    inputs. A variant does not see its siblings (`evaluate.base` does not read `evaluate/`)."""
+    folders = [path for path in Path(run_dir).iterdir() if path.is_dir() and step_of(path.name) is not None]
+    return sorted((path for path in folders if step_order(path.name) < step_order(step)),
+                  key=lambda path: (step_order(path.name), path.name))
 
 
 def expand_run_dir(value, run_dir):
@@ -53,10 +56,8 @@ def expand_run_dir(value, run_dir):
 def input_hashes(run_dir, step, recorded=()):
     """{name: sha256} of the step's upstream inputs as they are now (missing ones map to None)."""
     hashes = {}
-    for earlier in upstream_steps(step):
-        folder = step_output_dir(run_dir, earlier)
-        if folder.is_dir():
-            hashes[f"{earlier}/"] = sha256_path(folder)
+    for folder in upstream_folders(run_dir, step) if Path(run_dir).is_dir() else []:
+        hashes[f"{folder.name}/"] = sha256_path(folder)
     for path in recorded:
         if Path(path).resolve().is_relative_to(step_output_dir(run_dir, step).resolve()):
             continue  # the step's own outputs (e.g. an evaluation it resumes) are not its inputs
@@ -66,7 +67,7 @@ def input_hashes(run_dir, step, recorded=()):
 
 def step_fingerprint(step, params, run_dir=None, recorded=()):
     """sha256 over what decides a step's results (see the module docstring)."""
-    parts = {"params": params, "notebook": sha256_file(NOTEBOOK_DIR / STEPS[step]),
+    parts = {"params": params, "notebook": sha256_file(notebook_of(step)),
              "package": package_fingerprint(),
              "inputs": input_hashes(run_dir, step, recorded) if run_dir is not None else {}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -115,7 +116,7 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
     status = "completed"
     try:
         for step, params in plan.items():
-            output = run_dir / STEPS[step]
+            output = run_dir / executed_notebook_name(step)
             previous = manifest.step(step)
             reusable, why = reuse_verdict(run_dir, step, params, previous)
             if not force and reusable and output.exists():
@@ -124,13 +125,13 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
                 manifest.set_step(step, status="reused")
                 continue
             reason = "forced" if force and reusable else why
-            print(f"[mumath] {step}: running {STEPS[step]} -> {output}" + (f" ({reason})" if reason else ""),
+            print(f"[mumath] {step}: running {notebook_of(step).name} -> {output}" + (f" ({reason})" if reason else ""),
                   flush=True)
             started = time.time()
             manifest.take_recorded_inputs()  # what earlier steps recorded is theirs
             manifest.set_step(step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                               fingerprint=None, notebook=str(output), error=None, outputs=None)
-            manifest.add_inputs([NOTEBOOK_DIR / STEPS[step]])
+            manifest.add_inputs([notebook_of(step)])
             try:
                 execute_notebook(step, params, run_dir, output, log_output)
             except Exception as error:
@@ -180,8 +181,11 @@ def quiet_kernel_manager():
 
 
 def execute_notebook(step, params, run_dir, output, log_output=True):
-    run_notebook(NOTEBOOK_DIR / STEPS[step], output, dict(expand_run_dir(params, run_dir), run_dir=str(run_dir)),
-                 log_output)
+    notebook = notebook_of(step)
+    injected = {"run_dir": str(run_dir)}
+    if "step_name" in notebook_parameters(notebook):
+        injected["step_name"] = step  # where a variant writes: <run>/<step>.<variant>/
+    run_notebook(notebook, output, dict(expand_run_dir(params, run_dir), **injected), log_output)
 
 
 def run_notebook(notebook, output, parameters, log_output=True):
@@ -200,7 +204,7 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run the steps of a params file with papermill")
     run_parser.add_argument("params", help="params/<name>.yaml")
-    run_parser.add_argument("--only", choices=list(STEPS), help="run just this step")
+    run_parser.add_argument("--only", metavar="STEP", help="run just this step (a step of the params file)")
     run_parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
     run_parser.add_argument("--outputs", default=str(OUTPUTS), help="folder for run outputs")
     check_parser = commands.add_parser("check", help="validate params files without running")

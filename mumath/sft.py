@@ -522,7 +522,8 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     return json.loads((out / STATS).read_text())
 
 
-def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, **settings):
+def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, step_name=None,
+              **settings):
     """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log).
 
     `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2.
@@ -537,7 +538,7 @@ def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accel
         if stage != "stage1" and not Path(init_model).exists():
             raise TrainConfigError(f"parameter 'init_model' is empty and {init_model} does not exist: run stage1 "
                                    "first, or set init_model ('embedded', a folder or a hub id)")
-    config = TrainConfig.from_dict(dict(settings, output_dir=str(run_dir / stage), data=str(data),
+    config = TrainConfig.from_dict(dict(settings, output_dir=str(run_dir / (step_name or stage)), data=str(data),
                                         init_model=init_model))
     init_path = resolve_model_path(init_model)
     record_inputs(run_dir, [data] + ([init_path] if Path(init_path).exists() else []))

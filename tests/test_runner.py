@@ -351,3 +351,66 @@ def test_a_clean_notebook_run_prints_no_alarm(tmp_path):
     for text in (out.stdout, out.stderr):
         assert "KeyboardInterrupt" not in text and "without encryption" not in text, text[-2000:]
 
+
+
+# --- step variants: the same notebook twice in one run (ablation arms, base vs trained evaluation) ------
+
+def test_variants_load_in_recipe_order_with_their_own_parameters(tmp_path):
+    path = tmp_path / "p.yaml"  # recipe order across stages, file order within one
+    path.write_text(yaml.safe_dump(dict(run="x", steps={
+        "evaluate.base": {"model": "embedded"}, "stage2.from_base": {"init_model": "embedded"},
+        "evaluate": {"model": "{run_dir}/stage2/final"}, "stage2": {}, "stage1": {}}), sort_keys=False))
+    _, plan = load_params(path)
+    assert list(plan) == ["stage1", "stage2.from_base", "stage2", "evaluate.base", "evaluate"]
+    assert plan["stage2.from_base"]["init_model"] == "embedded" and plan["evaluate.base"]["model"] == "embedded"
+
+
+@pytest.mark.parametrize("step,message", [
+    ("augment.more", "step 'augment' takes no variants"),
+    ("evaluate.", "unknown step 'steps.evaluate.'"),
+    ("evaluate.a/b", "unknown step 'steps.evaluate.a/b'"),
+    ("evaluat.base", "unknown step 'steps.evaluat.base'"),
+])
+def test_bad_variants_are_refused_by_name(tmp_path, step, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(write_params(tmp_path, run="x", steps={step: {}}))
+
+
+def test_a_variant_writes_its_own_folder_and_sees_earlier_stages_only(tmp_path):
+    """evaluate.base's inputs: stage folders (variants too), not its sibling evaluate/; its notebook and
+    output folder are its own."""
+    from mumath.config import executed_notebook_name, step_output_dir
+    from mumath.runner import input_hashes
+
+    run_dir = tmp_path / "run"
+    for folder in ("stage1", "stage2", "stage2.from_base", "evaluate", "evaluate.base", "not-a-step"):
+        (run_dir / folder).mkdir(parents=True)
+        (run_dir / folder / "out.txt").write_text(folder)
+    assert set(input_hashes(run_dir, "evaluate.base")) == {"stage1/", "stage2/", "stage2.from_base/"}
+    assert set(input_hashes(run_dir, "stage2.from_base")) == {"stage1/"}
+    assert step_output_dir(run_dir, "evaluate.base") == run_dir / "evaluate.base"
+    assert executed_notebook_name("stage2.from_base") == "05_stage2.from_base.ipynb"
+
+
+def test_the_runner_gives_a_variant_its_step_name(tmp_path, monkeypatch):
+    import mumath.runner
+
+    seen = {}
+    monkeypatch.setattr(mumath.runner, "run_notebook", lambda notebook, output, parameters, log_output=True:
+                        seen.setdefault(Path(output).name, (Path(notebook).name, parameters)))
+    path = write_params(tmp_path, run="v", steps={"evaluate": {"limit": 1}, "evaluate.base": {"limit": 2}})
+    mumath.runner.run(path, outputs=tmp_path / "out", log_output=False)
+    assert seen["06_evaluate.ipynb"][1]["step_name"] == "evaluate"
+    notebook, parameters = seen["06_evaluate.base.ipynb"]
+    assert notebook == "06_evaluate.ipynb" and parameters["step_name"] == "evaluate.base" and parameters["limit"] == 2
+    manifest = json.loads((tmp_path / "out" / "v" / "manifest.json").read_text())
+    assert manifest["steps"]["evaluate.base"]["status"] == "completed"
+
+
+def test_analysis_names_a_variants_model_by_its_folder():
+    from mumath.analysis import model_role
+
+    assert model_role("/r/stage2/final") == "stage-2"
+    assert model_role("/r/stage2.from_base/final") == "stage-2 [from_base]"
+    assert model_role("/r/stage1.long/final") == "stage-1 [long]"
+    assert model_role("embedded") == "base"
