@@ -35,7 +35,9 @@ STEPS = {"augment": "01_augment.ipynb", "synthesize": "02_synthesize.ipynb", "fi
 # steps before a step as that step's inputs (its reuse fingerprint covers their files), so a new step
 # needs nothing but to write beneath <run_dir>/<its folder>/.
 STEP_OUTPUTS = {step: step for step in STEPS}
-TOP_LEVEL = {"run", "steps", "description"}
+# `anchors` holds YAML anchors that several steps merge (``evaluate.base: {<<: *evaluation, model: embedded}``);
+# the runner reads it only through them.
+TOP_LEVEL = {"run", "steps", "description", "anchors"}
 RUNNER_PARAMS = {"run_dir", "step_name"}  # injected by the runner, not set by the user
 STEP_KEY = re.compile(r"^(?P<step>[a-z0-9]+)(?:\.(?P<variant>[A-Za-z0-9_-]+))?$")
 # A parameter named like a credential ("api_key", "hf_token", "password"); "max_new_tokens" is not one.
