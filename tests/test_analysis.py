@@ -302,3 +302,14 @@ def test_notebook_runs_on_a_run_folder(toy_run, tmp_path):
     text = json.dumps(nbformat.read(executed, as_version=4).cells)
     assert "MuMath-Code-CL-70B" in text and "NameError" in text
     assert (tmp_path / "analysis" / "report.md").exists() and (tmp_path / "analysis" / "accuracy.svg").exists()
+
+
+def test_training_section_covers_stage_variants(tmp_path):
+    from mumath.analysis import training_section
+
+    for folder in ("stage1", "stage2.only", "stage2", "evaluate.base"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "log.jsonl").write_text('{"step": 1, "loss": 2.5}\n')
+    section = training_section(tmp_path)
+    assert sorted(section) == ["stage1", "stage2", "stage2.only"]
+    assert section["stage2.only"]["curve"]["loss"] == [(1, 2.5)]
