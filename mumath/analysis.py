@@ -560,6 +560,25 @@ def _usage_line(usage):
             + (f", ${cost:.4f}" if cost is not None else ", cost: no price given"))
 
 
+def accuracy_grid(entries):
+    """One row per evaluated model, one column per benchmark and mode: 'accuracy % [95 % CI] (correct/n)'
+    (the ablation's table: base vs stage-1 vs stage-2 side by side)."""
+    columns = sorted({(e["benchmark"], e["mode"]) for e in entries})
+    models = sorted({(e["run"], e["role"], e["model"]) for e in entries}, key=lambda m: (m[0], m[1] != "base", m[1]))
+    cells = {(e["run"], e["role"], e["model"], e["benchmark"], e["mode"]): e["accuracy"] for e in entries}
+    several_runs = len({m[0] for m in models}) > 1
+    lines = ["| model | " + " | ".join(f"{b} {m}" for b, m in columns) + " |", "|---|" + "---|" * len(columns)]
+    for run, role, model in models:
+        row = []
+        for benchmark, mode in columns:
+            a = cells.get((run, role, model, benchmark, mode))
+            row.append("-" if a is None else f"{_pct(a['share'])} [{_pct(a['ci95'][0])}-{_pct(a['ci95'][1])}] "
+                                             f"({a['successes']}/{a['n']})")
+        name = f"{role}" + (f" ({run})" if several_runs else "")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
+
+
 def write_report(analysis, out_dir):
     """Figures (PNG + SVG) and report.md under out_dir; returns (figure file names, report path)."""
     out_dir = Path(out_dir)
@@ -681,7 +700,7 @@ def write_report(analysis, out_dir):
         lines.append(f"Evaluation: {NOT_RUN} (no `metrics.json` with a benchmark and a mode in any run).")
     else:
         figures.append(plot_accuracy(entries, out_dir))
-        lines += [f"![accuracy]({figures[-1]})", "",
+        lines += [f"![accuracy]({figures[-1]})", ""] + accuracy_grid(entries) + ["",
                   "| run | model | benchmark | mode | n | correct | accuracy % | 95 % CI | from | manifest |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         by_run = {run["provenance"]["run"]: run["provenance"] for run in runs}

@@ -179,6 +179,11 @@ def test_report_numbers_equal_those_from_the_trajectories(toy_run, analysed):
     assert f"{toy_run / 'manifest.json'}" in report and manifest["git"]["commit"][:12] in report
     cot = next(line for line in report.splitlines() if "| gsm8k | cot |" in line)
     assert "| 3 | 3 | 100.0 |" in cot
+    # the grid: one row per model, one column per benchmark and mode, the same numbers
+    header = next(line for line in report.splitlines() if line.startswith("| model | "))
+    assert "gsm8k cot" in header and "gsm8k tir" in header
+    grid = next(line for line in report.splitlines() if line.startswith("| base | "))
+    assert f"{100 * k / n:.1f} [{100 * low:.1f}-{100 * high:.1f}] ({k}/{n})" in grid
 
 
 def test_report_sections_figures_and_error_analysis(toy_run, analysed):
