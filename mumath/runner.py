@@ -130,7 +130,8 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
             started = time.time()
             manifest.take_recorded_inputs()  # what earlier steps recorded is theirs
             manifest.set_step(step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              fingerprint=None, notebook=str(output), error=None, outputs=None)
+                              fingerprint=None, notebook=str(output), error=None, outputs=None,
+                              git=manifest.data["git"])  # a later `--only` may run at another commit
             manifest.add_inputs([notebook_of(step)])
             try:
                 execute_notebook(step, params, run_dir, output, log_output)

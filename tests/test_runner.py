@@ -405,6 +405,7 @@ def test_the_runner_gives_a_variant_its_step_name(tmp_path, monkeypatch):
     assert notebook == "06_evaluate.ipynb" and parameters["step_name"] == "evaluate.base" and parameters["limit"] == 2
     manifest = json.loads((tmp_path / "out" / "v" / "manifest.json").read_text())
     assert manifest["steps"]["evaluate.base"]["status"] == "completed"
+    assert manifest["steps"]["evaluate.base"]["git"] == manifest["git"]  # the commit each step ran at
 
 
 def test_analysis_names_a_variants_model_by_its_folder():
