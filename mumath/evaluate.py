@@ -1,11 +1,12 @@
 """Evaluate a model on registry benchmarks: trajectories JSONL + metrics JSON per benchmark and mode.
 
 Layout: ``<out_dir>/<benchmark>/<mode>/trajectories.jsonl`` (one line per problem and sample, appended
-as chunks finish, so a crash loses at most one chunk) and ``metrics.json``. A re-run skips every
-(problem, sample) already in the JSONL.
+the moment its trajectory finishes, so a crash loses only the ones in flight) and ``metrics.json``. A
+re-run skips every (problem, sample) already in the JSONL.
 """
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ class EvalConfig:
     n_samples: int = 1
     sampling: Sampling = None
     carry_state: bool = False
-    chunk_size: int = 256
+    chunk_size: int = 256  # trajectories in flight at most (each is written as soon as it finishes)
     prompt_dir: str = None
+    exec_workers: int = None  # threads feeding the sandbox; None: the machine's cores
 
     def __post_init__(self):
         self.sampling = self.sampling or Sampling()
@@ -63,21 +65,17 @@ def evaluate_suites(backend, executor, suites, config, progress=True):
         todo += [(benchmark, path, record, sample) for record in records for sample in range(config.n_samples)
                  if (record["id"], sample) not in done]
     bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start:start + config.chunk_size]
-        prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
-                                                        config.prompt_dir)) for _, _, record, _ in chunk]
-        sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
-                            config.sampling.seed + start)
-        trajectories = run_tool_loop(backend, prompts, executor, sampling, max_rounds=config.max_rounds,
-                                     execute=config.mode == "tir", carry_state=config.carry_state)
-        rows_by_path = {}
-        for (benchmark, path, record, sample), trajectory in zip(chunk, trajectories):
-            rows_by_path.setdefault(path, []).append(
-                trajectory_row(record, sample, trajectory, config.mode, benchmark))
-        for path, rows in rows_by_path.items():
-            append_jsonl(path, rows)
-        bar.update(len(chunk))
+    prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
+                                                    config.prompt_dir)) for _, _, record, _ in todo]
+
+    def write(index, trajectory):  # each trajectory is written the moment it finishes
+        benchmark, path, record, sample = todo[index]
+        append_jsonl(path, [trajectory_row(record, sample, trajectory, config.mode, benchmark)])
+        bar.update()
+
+    run_tool_loop(backend, prompts, executor, config.sampling, max_rounds=config.max_rounds,
+                  execute=config.mode == "tir", carry_state=config.carry_state, on_finish=write,
+                  exec_workers=config.exec_workers, max_in_flight=config.chunk_size)
     bar.close()
     results = []
     for benchmark, (records, out_dir) in suites.items():
@@ -164,7 +162,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                    api_key_env="OPENAI_API_KEY", tokenizer=None, data_dir=None, benchmarks=("gsm8k",),
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
                    max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
-                   temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=2, exec_timeout=10.0,
+                   temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=None, exec_timeout=10.0,
                    exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True):
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/evaluate/."""
     from .backends import make_backend
@@ -188,11 +186,12 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     record_inputs(run_dir, inputs)
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     results = []
+    exec_workers = exec_workers or os.cpu_count() or 1
     with SandboxPool(workers=exec_workers, timeout=exec_timeout, memory_mb=exec_memory_mb) as executor:
         for mode in modes:
             config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
                                 sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, exec_workers=exec_workers)
             jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
             results += evaluate_suites(engine, executor, jobs, config, progress=progress)
