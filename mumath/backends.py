@@ -296,7 +296,8 @@ class ContinuousBatchingBackend:
     def _stop_engine(self):
         manager, self._manager = self._manager, None
         if manager is not None:
-            manager.stop(block=True, timeout=30)
+            # A hard stop fails what is still in flight (nobody waits for it any more) after the current step.
+            manager.stop(block=True, hard_stop=True)
             manager.destroy()
 
     def close(self):
