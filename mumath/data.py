@@ -1,8 +1,13 @@
 """Benchmarks as registry entries (``benchmarks.yaml``) -> normalized records.
 
 Every record is ``{id, question, answer, source, meta}``; ``meta["choices"]`` holds multiple-choice
-options where the benchmark has them. Data comes from ``data_dir`` (local files) or, when ``data_dir`` is
-None, from the Hugging Face hub through ``datasets``.
+options where the benchmark has them (a list, or one string like ``"A) 3 B) 5 C) 10"``).
+
+Where a split's rows come from, first match wins: an absolute ``local`` path; ``data_dir`` (the parameter,
+else ``$MUMATH_DATA_DIR``) holding the ``local`` file; the copy shipped inside the package
+(``mumath/benchmark_data/<local>.gz``: every evaluation set of the paper and GSM8K train); the project
+folder; the Hugging Face hub (full splits such as MATH train). The files read (or ``hf://datasets/...``)
+go to the run manifest, which says for each whether it was ``shipped``, ``local`` or ``hub``.
 """
 import json
 import os
@@ -13,10 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from .grading import extract_boxed
+from .grading import extract_boxed, split_options
+from .records import open_text
 
 REGISTRY_FILE = Path(__file__).with_name("benchmarks.yaml")
+SHIPPED_DATA = Path(__file__).with_name("benchmark_data")
 DATA_DIR_ENV = "MUMATH_DATA_DIR"
+HUB_PREFIX = "hf://datasets/"
+COMPRESSED = (".gz", ".xz")
 
 
 class DataError(ValueError):
@@ -109,25 +118,55 @@ def resolve_data_dir(data_dir):
 
 
 def read_local(path):
-    """Rows of a .jsonl file or a .json list / {id: row} dict, each with its `_key`."""
+    """Rows of a .jsonl file or a .json list / {id: row} dict (optionally .gz / .xz compressed).
+
+    Each row carries `_key` (its id: the 0-based row number, or the key of a json dict) and `_where`
+    (``file:line``, 1-based, for error messages).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        with open(path) as handle:
+    plain = path.name[:-3] if path.suffix in COMPRESSED else path.name
+    with open_text(path) as handle:
+        if plain.endswith(".jsonl"):
+            rows = []
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        rows.append(dict(json.loads(line), _key=str(number - 1)))
+                        row = json.loads(line)
                     except json.JSONDecodeError as error:
                         raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-        return rows
-    with open(path) as handle:
-        data = json.load(handle)
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+                    rows.append(dict(row, _key=str(len(rows)), _where=f"{path}:{number}"))
+            return rows
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
     if isinstance(data, dict):
-        return [dict(row, _key=str(key)) for key, row in data.items()]
-    return [dict(row, _key=str(index)) for index, row in enumerate(data)]
+        return [dict(row, _key=str(key), _where=f"{path} [{key!r}]") for key, row in data.items()]
+    return [dict(row, _key=str(index), _where=f"{path} [item {index + 1}]") for index, row in enumerate(data)]
+
+
+def local_candidates(local, data_dir):
+    """Where a registry `local` path may be found, in order of preference."""
+    path = Path(local).expanduser()
+    if path.is_absolute():
+        return [path]
+    folder = resolve_data_dir(data_dir)
+    from .config import project_root
+
+    return ([folder / path] if folder is not None else []) + [SHIPPED_DATA / path, project_root() / path]
+
+
+def find_local(local, data_dir):
+    """The first existing candidate for `local` (plain or compressed), or None."""
+    for candidate in local_candidates(local, data_dir):
+        for path in [candidate] + [candidate.with_name(candidate.name + ext) for ext in COMPRESSED]:
+            if path.is_file():
+                return path
+    return None
 
 
 def read_hub(name, split, hub):
@@ -149,6 +188,10 @@ def read_hub(name, split, hub):
     return rows
 
 
+def hub_label(name, split, hub):
+    return f"{HUB_PREFIX}{hub['path']}" + (f"/{hub['name']}" if hub.get("name") else "") + f"@{hub.get('split', split)}"
+
+
 def build_question(row, spec, where):
     try:
         if isinstance(spec, dict):
@@ -157,23 +200,25 @@ def build_question(row, spec, where):
             return re.sub(r"\s+", " ", spec.format(**row)).strip()
         return str(row[spec]).strip()
     except KeyError as error:
-        raise DataError(f"{where}: field {error} missing from the data row") from error
+        raise DataError(f"{where}: field {error} missing from the data row "
+                        f"(it has {sorted(k for k in row if not k.startswith('_'))})") from error
 
 
 def normalize_rows(name, split, entry, rows, where):
     parser = ANSWER_PARSERS[entry.get("answer_parser", "as_is")]
     records = []
-    for row in rows:
-        row_where = f"{where} row {row['_key']}"
+    for number, row in enumerate(rows, 1):
+        row_where = row.get("_where") or f"{where} row {number}"
         if entry["answer"] not in row:
-            raise DataError(f"{row_where}: field '{entry['answer']}' missing")
+            raise DataError(f"{row_where}: field '{entry['answer']}' missing "
+                            f"(it has {sorted(k for k in row if not k.startswith('_'))})")
         try:
             answer = parser(row[entry["answer"]])
         except DataError as error:
             raise DataError(f"{row_where}: {error}") from error
         meta = {key: row[key] for key in entry.get("meta", []) if key in row}
         if entry.get("choices") and row.get(entry["choices"]):
-            meta["choices"] = [str(choice) for choice in row[entry["choices"]]]
+            meta["choices"] = split_options(row[entry["choices"]])
         record_id = str(row[entry["id"]]) if entry.get("id") and entry["id"] in row else row["_key"]
         records.append({"id": f"{name}/{split}/{record_id}",
                         "question": build_question(row, entry["question"], row_where),
@@ -181,11 +226,8 @@ def normalize_rows(name, split, entry, rows, where):
     return records
 
 
-def load_benchmark(name, split="test", data_dir=None, limit=None, seed=0, extra=None, inputs=None):
-    """Normalized records of `name`/`split`; `limit` takes a seeded random sample (stable order).
-
-    `inputs`, a list, receives the local files read (for the run manifest).
-    """
+def resolve_source(name, split, data_dir=None, extra=None):
+    """Where `name`/`split` would be read from: ("local", path) or ("hub", hub spec). Reads nothing."""
     entries = registry(extra)
     if name not in entries:
         raise DataError(f"unknown benchmark '{name}'; known: {sorted(entries)}")
@@ -193,21 +235,33 @@ def load_benchmark(name, split="test", data_dir=None, limit=None, seed=0, extra=
     if split not in entry["splits"]:
         raise DataError(f"benchmark '{name}' has no split '{split}'; it has {sorted(entry['splits'])}")
     source = entry["splits"][split]
-    folder = resolve_data_dir(data_dir)
-    if folder is not None and source.get("local"):
-        path = Path(source["local"]).expanduser()
-        path = path if path.is_absolute() else folder / path
-        rows = read_local(path)
-        where = str(path)
+    if source.get("local"):
+        path = find_local(source["local"], data_dir)
+        if path is not None:
+            return entry, source, ("local", path)
+    if source.get("hub"):
+        return entry, source, ("hub", source["hub"])
+    looked = ", ".join(str(path) for path in local_candidates(source["local"], data_dir)) \
+        if source.get("local") else "nowhere"
+    raise DataError(f"benchmark '{name}' split '{split}': no local copy (looked in: {looked}) and no hub source; "
+                    f"set data_dir (or ${DATA_DIR_ENV}) to a folder holding {source.get('local')}")
+
+
+def load_benchmark(name, split="test", data_dir=None, limit=None, seed=0, extra=None, inputs=None):
+    """Normalized records of `name`/`split`; `limit` takes a seeded random sample (stable order).
+
+    `inputs`, a list, receives the files read, or ``hf://datasets/<path>@<split>`` for the hub (for the run
+    manifest, which tells shipped, local and hub sources apart).
+    """
+    entry, source, (kind, where) = resolve_source(name, split, data_dir, extra)
+    if kind == "local":
+        rows = read_local(where)
         if inputs is not None:
-            inputs.append(str(path))
-    elif source.get("hub"):
-        rows, where = read_hub(name, split, source["hub"]), f"hub:{source['hub']['path']}"
-    elif folder is None:
-        raise DataError(f"benchmark '{name}' split '{split}' has no hub source; set data_dir "
-                        f"(or ${DATA_DIR_ENV}) to a folder holding {source.get('local')}")
+            inputs.append(str(Path(where).resolve()))
     else:
-        raise DataError(f"benchmark '{name}' split '{split}' has no local file in the registry")
+        rows, where = read_hub(name, split, where), hub_label(name, split, where)
+        if inputs is not None:
+            inputs.append(where)
     records = normalize_rows(name, split, entry, rows, where)
     if source.get("exclude"):
         excluded = load_benchmark(source["exclude"]["benchmark"], source["exclude"]["split"], data_dir,
@@ -224,11 +278,17 @@ def _question_key(question):
     return re.sub(r"\s+", " ", question).strip()
 
 
+def parse_spec(spec, default_split="test"):
+    """'gsm8k' or 'math:train_offline' -> (name, split)."""
+    name, _, split = str(spec).partition(":")
+    return name, split or default_split
+
+
 def load_many(specs, default_split="test", data_dir=None, limit=None, seed=0, extra=None, inputs=None):
     """Records of several 'name' / 'name:split' specs, concatenated (each sampled to `limit`)."""
     records = []
     for spec in specs:
-        name, _, split = spec.partition(":")
-        records += load_benchmark(name, split or default_split, data_dir=data_dir, limit=limit, seed=seed,
+        name, split = parse_spec(spec, default_split)
+        records += load_benchmark(name, split, data_dir=data_dir, limit=limit, seed=seed,
                                   extra=extra, inputs=inputs)
     return records

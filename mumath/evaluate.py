@@ -1,9 +1,16 @@
 """Evaluate a model on registry benchmarks: trajectories JSONL + metrics JSON per benchmark and mode.
 
 Layout: ``<out_dir>/<benchmark>/<mode>/trajectories.jsonl`` (one line per problem and sample, appended
-the moment its trajectory finishes, so a crash loses only the ones in flight) and ``metrics.json``. A
-re-run skips every (problem, sample) already in the JSONL.
+the moment its trajectory finishes, so a crash loses only the ones in flight), ``metrics.json`` and
+``config.json``.
+
+Resume is keyed by a fingerprint of everything that decides an answer (`answer_settings`: model files and
+backend, prompt files, mode, few-shot count, decoding, max rounds, carry_state, sandbox limits). Each row
+carries it; a re-run skips a (problem, sample) only if its row has the current fingerprint and the same
+question and gold answer. Rows of another configuration are moved to ``superseded.jsonl`` beside it, so
+the trajectories file and its metrics always describe one configuration.
 """
+import hashlib
 import json
 import math
 import os
@@ -15,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .backends import Sampling
 from .grading import extract_answer, is_equivalent
-from .prompts import build_messages
-from .records import append_jsonl, read_jsonl, write_jsonl
+from .prompts import build_messages, prompt_files_fingerprint
+from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
 
 
@@ -31,6 +38,8 @@ class EvalConfig:
     chunk_size: int = 256  # trajectories in flight at most (each is written as soon as it finishes)
     prompt_dir: str = None
     exec_workers: int = None  # threads feeding the sandbox; None: the machine's cores
+    model_identity: dict = None  # what the model is (files hash, backend); default: the backend's identity
+    executor_limits: dict = None  # sandbox limits; default: the executor's own
 
     def __post_init__(self):
         self.sampling = self.sampling or Sampling()
@@ -38,10 +47,60 @@ class EvalConfig:
             raise ValueError("parameter 'n_samples' > 1 (maj@k) needs 'temperature' > 0")
 
 
-def _rewrite_without_torn_tail(path, rows):
-    """Drop a partial last line (left by a kill mid-write) so appends start on a clean line."""
-    if path.exists() and sum(1 for _ in open(path)) != len(rows):
-        write_jsonl(path, rows)
+EXECUTOR_LIMITS = ("timeout", "memory_mb", "max_output_chars", "max_file_bytes", "max_processes")
+
+
+def answer_settings(config, backend=None, executor=None):
+    """Everything that decides an answer, as a JSON-able dict (what `config_fingerprint` hashes)."""
+    sampling = config.sampling
+    limits = config.executor_limits
+    if limits is None:
+        limits = {key: value for key, value in (getattr(executor, "limits", None) or {}).items()
+                  if key in EXECUTOR_LIMITS} or {"timeout": getattr(executor, "timeout", None)}
+    return {
+        "model": config.model_identity or {"identity": getattr(backend, "identity", type(backend).__name__)},
+        "mode": config.mode, "few_shot": config.few_shot,
+        "prompts": prompt_files_fingerprint(config.mode, config.few_shot, config.prompt_dir),
+        "decoding": {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                     "top_p": sampling.top_p, "seed": sampling.seed},
+        "max_rounds": config.max_rounds, "carry_state": config.carry_state,
+        "executor": limits if config.mode == "tir" else None,
+    }
+
+
+def config_fingerprint(settings):
+    """sha256 (16 hex) of the answer settings: rows with another fingerprint are never resumed from."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _same_problem(row, record):
+    return row.get("question") == record["question"] and row.get("answer") == record["answer"]
+
+
+def resumable_rows(path, records, fingerprint):
+    """Rows of `path` that belong to this configuration and these problems; moves the others aside.
+
+    A torn last line (a kill mid-append) is cut off. Rows of another fingerprint, or of a problem whose
+    question or gold answer changed since, go to ``superseded.jsonl`` in the same folder (kept, not lost).
+    """
+    path = Path(path)
+    repair_torn_tail(path)
+    by_id = {record["id"]: record for record in records}
+    current, stale, seen = [], [], set()
+    for row in read_jsonl(path):
+        record = by_id.get(row.get("id"))
+        key = (row.get("id"), row.get("sample"))
+        if row.get("fingerprint") != fingerprint or (record is not None and not _same_problem(row, record)) \
+                or key in seen:
+            stale.append(row)
+        else:
+            current.append(row)
+            seen.add(key)
+    if stale:
+        append_jsonl(path.with_name("superseded.jsonl"), stale)
+        write_jsonl(path, current)
+    return current
 
 
 def evaluate_records(backend, executor, records, config, out_dir, benchmark="", progress=True):
@@ -49,19 +108,21 @@ def evaluate_records(backend, executor, records, config, out_dir, benchmark="", 
     return evaluate_suites(backend, executor, {benchmark: (records, out_dir)}, config, progress)[0]
 
 
-def evaluate_suites(backend, executor, suites, config, progress=True):
+def evaluate_suites(backend, executor, suites, config, progress=True, extra_metrics=None):
     """Run (or resume) several benchmarks in one mode, batched together; returns metrics per benchmark.
 
-    `suites` maps a benchmark name to (records, out_dir). Pending problems of all benchmarks share
+    `suites` maps a benchmark name to (records, out_dir); `extra_metrics` (benchmark -> dict) is merged
+    into that benchmark's metrics (e.g. `contaminated`). Pending problems of all benchmarks share
     the generation batches, so small per-benchmark samples still fill the model's batch.
     """
+    settings = answer_settings(config, backend, executor)
+    fingerprint = config_fingerprint(settings)
     todo = []
     for benchmark, (records, out_dir) in suites.items():
         path = Path(out_dir) / "trajectories.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        done_rows = read_jsonl(path)
-        _rewrite_without_torn_tail(path, done_rows)
-        done = {(row["id"], row["sample"]) for row in done_rows}
+        write_json(Path(out_dir) / "config.json", {"fingerprint": fingerprint, "settings": settings})
+        done = {(row["id"], row["sample"]) for row in resumable_rows(path, records, fingerprint)}
         todo += [(benchmark, path, record, sample) for record in records for sample in range(config.n_samples)
                  if (record["id"], sample) not in done]
     bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
@@ -70,22 +131,37 @@ def evaluate_suites(backend, executor, suites, config, progress=True):
 
     def write(index, trajectory):  # each trajectory is written the moment it finishes
         benchmark, path, record, sample = todo[index]
-        append_jsonl(path, [trajectory_row(record, sample, trajectory, config.mode, benchmark)])
+        append_jsonl(path, [dict(trajectory_row(record, sample, trajectory, config.mode, benchmark),
+                                 fingerprint=fingerprint)])
         bar.update()
 
+    # Sampling seed per trajectory: `config.sampling.seed + index` (its place in this run's to-do list; the
+    # backends add `index` to the seed), deterministic like the per-chunk seeds before.
     run_tool_loop(backend, prompts, executor, config.sampling, max_rounds=config.max_rounds,
                   execute=config.mode == "tir", carry_state=config.carry_state, on_finish=write,
                   exec_workers=config.exec_workers, max_in_flight=config.chunk_size)
     bar.close()
     results = []
     for benchmark, (records, out_dir) in suites.items():
-        wanted = {record["id"] for record in records}
-        rows = [row for row in read_jsonl(Path(out_dir) / "trajectories.jsonl") if row["id"] in wanted]
-        metrics = compute_metrics(rows, config.n_samples)
-        metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics = metrics_from_disk(Path(out_dir), records, fingerprint, config.n_samples)
+        metrics.update(benchmark=benchmark, mode=config.mode, few_shot=config.few_shot, fingerprint=fingerprint,
+                       **(extra_metrics or {}).get(benchmark, {}))
+        write_json(Path(out_dir) / "metrics.json", metrics)
         results.append(metrics)
     return results
+
+
+def metrics_from_disk(out_dir, records, fingerprint, n_samples=1):
+    """Metrics over what `trajectories.jsonl` holds now for these problems under this configuration."""
+    by_id = {record["id"]: record for record in records}
+    rows, seen = [], set()
+    for row in read_jsonl(Path(out_dir) / "trajectories.jsonl"):
+        key = (row.get("id"), row.get("sample"))
+        if row.get("fingerprint") == fingerprint and key[0] in by_id and key not in seen \
+                and key[1] < n_samples and _same_problem(row, by_id[key[0]]):
+            rows.append(row)
+            seen.add(key)
+    return compute_metrics(rows, n_samples)
 
 
 def trajectory_row(record, sample, trajectory, mode, benchmark):
@@ -158,6 +234,23 @@ def parse_benchmark_spec(spec, default_split):
     return name, split or default_split
 
 
+def model_identity(backend, model, engine, local_model=None):
+    """What the answers come from: backend kind, server and served name, and the sha256 of the local model
+    (or tokenizer) files, plus dtype and device for local generation."""
+    from .manifest import sha256_path
+
+    identity = {"backend": backend, "model": str(model)}
+    if backend != "transformers":
+        identity.update(base_url=getattr(engine, "base_url", None), api_model=getattr(engine, "model", None))
+    if local_model is not None and Path(local_model).exists():
+        identity["files"] = sha256_path(local_model)
+    loaded = getattr(engine, "model", None)
+    if hasattr(loaded, "dtype"):
+        identity.update(dtype=str(loaded.dtype), device=loaded.device.type,
+                        revision=getattr(loaded.config, "_commit_hash", None))
+    return identity
+
+
 def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=None, api_model=None,
                    api_key_env="OPENAI_API_KEY", tokenizer=None, data_dir=None, benchmarks=("gsm8k",),
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
@@ -167,6 +260,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/evaluate/."""
     from .backends import make_backend
     from .data import load_benchmark
+    from .decontaminate import evaluation_contamination
     from .executor import SandboxPool
     from .manifest import record_inputs
     from .models import resolve_model_path
@@ -177,13 +271,17 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
                           max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress,
                           tokenizer=tokenizer)
+    local_model = None
     if backend != "openai-chat":
         local_model = resolve_model_path(tokenizer or model) if backend == "openai" else resolve_model_path(model)
         if Path(local_model).exists():
             inputs.append(local_model)
+    identity = model_identity(backend, model, engine, local_model)
     if prompt_dir:
         inputs.append(prompt_dir)
     record_inputs(run_dir, inputs)
+    # True when this run's filtered training data overlaps the benchmark's test questions (warns).
+    contaminated = {spec: {"contaminated": evaluation_contamination(run_dir, spec)} for spec in suites}
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     results = []
     exec_workers = exec_workers or os.cpu_count() or 1
@@ -191,9 +289,10 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
         for mode in modes:
             config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
                                 sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
-                                chunk_size=chunk_size, exec_workers=exec_workers)
+                                chunk_size=chunk_size, exec_workers=exec_workers, model_identity=identity)
             jobs = {spec: (records, Path(run_dir) / "evaluate" / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
-            results += evaluate_suites(engine, executor, jobs, config, progress=progress)
-    (Path(run_dir) / "evaluate" / "summary.json").write_text(json.dumps(results, indent=2))
+            results += evaluate_suites(engine, executor, jobs, config, progress=progress,
+                                       extra_metrics=contaminated)
+    write_json(Path(run_dir) / "evaluate" / "summary.json", results)
     return results

@@ -4,31 +4,32 @@
 numpy and friends once, then forks a fresh child per snippet, so a snippet costs a fork, not an
 interpreter start plus a sympy import.
 
-What it protects against (each has a test in tests/test_executor.py):
-- the caller being taken down: the code runs in another process, in its own session; `os._exit`,
-  `sys.exit`, segfaults and `os.kill(os.getppid(), 9)` end only that process (a Landlock signal scope,
-  ABI >= 6, stops it from signalling anything outside its sandbox);
-- runaway time: a wall-clock `timeout` per snippet (plus RLIMIT_CPU); on timeout the worker kills the
-  snippet's whole process tree (the worker is a child subreaper, so even re-parented orphans are found);
-- runaway memory: RLIMIT_AS of `memory_mb` on top of the pre-imported zygote; a 10 GB allocation raises
-  MemoryError inside the snippet;
-- fork bombs: at most `max_processes` processes per worker, through a pids cgroup of its own when the
-  caller is root and cgroup v1 is writable (root is exempt from RLIMIT_NPROC), else RLIMIT_NPROC;
-- floods of output: stdout is truncated to `max_output_chars`, files to `max_file_bytes`;
-- writes outside its own temporary folder: Landlock (Linux >= 5.13) allows file creation and writes only
-  beneath that folder, and blocks TCP connect/bind (ABI >= 4);
-- secrets: the worker gets a minimal environment (no API keys, no HF tokens).
+The layers, outermost first (README, "The sandbox", has the table of attacks and tests/test_sandbox_attacks.py
+a test for each):
+- namespaces: each worker starts under `unshare` in its own user (root mapped to the caller's uid), pid, mount
+  and network namespaces with a fresh /proc: a snippet sees no process outside its sandbox (so no caller's
+  /proc/<pid>/environ), and has no network. Where the kernel refuses (some containers), a warning, and a root
+  caller's snippets run as `nobody` instead (so root's /proc/<pid>/environ stays closed to them);
+- the channel: requests and replies are framed (magic, length, JSON) and every reply must carry the nonce of
+  its request; the snippet's child holds no descriptor of it (it reports through a pipe of its own) and the
+  worker is not dumpable (no /proc/<worker>/fd). Anything else on the channel fails that one snippet, and the
+  worker is replaced; `execute` and `execute_many` never raise;
+- cgroups (as root, v1 or v2): real memory (`memory_mb`, the OOM killer ends the snippet, reported as a
+  MemoryError) and `max_processes` per worker, holding only the snippet's processes; RLIMIT_AS and
+  RLIMIT_NPROC are the fallback (RLIMIT_AS counts reserved memory: threads hit it long before real use);
+- the child itself: its own process group and folder, no capabilities (none through execve either),
+  RLIMIT_CPU/FSIZE/CORE, a minimal environment, Landlock (writes only beneath its folder, no TCP, no
+  signals out of its domain); a wall-clock `timeout` after which the worker, a subreaper, kills its whole tree.
 
-What it does not protect against: reading files the caller may read (the snippet runs as the caller's
-uid: as root that is every file); a kernel or Landlock escape; on kernels without Landlock, writes
-anywhere the caller may write and signals to the caller's processes; as root without a writable pids
-cgroup, fork bombs (until the timeout kills them). `SandboxPool.landlock_abi` tells what the running kernel gave.
-Use a VM or container when the threat is more than a confused model.
+Not covered: reading files the caller's uid may read (root: every file); a kernel or Landlock escape.
+Use a VM or container when the threat is more than a confused or malicious model.
 """
 import atexit
+import itertools
 import json
 import os
 import queue
+import secrets
 import select
 import shutil
 import signal
@@ -37,8 +38,11 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from .sandbox_worker import FRAME_HEADER, FRAME_MAGIC, MAX_FRAME_BYTES, descendants_of
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 PREIMPORT = ["math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
@@ -46,6 +50,10 @@ PREIMPORT = ["math", "cmath", "fractions", "decimal", "itertools", "functools", 
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+# Each worker gets its own user (mapped to the caller's uid), pid, mount and network namespaces and a fresh
+# /proc: a snippet sees only the sandbox's processes and has no network but an unconfigured loopback.
+NAMESPACE_COMMAND = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--mount-proc",
+                     "--net", "--"]
 
 @dataclass
 class ExecutionResult:
@@ -69,39 +77,81 @@ class ExecutionResult:
             return (text + "\n" if text else "") + self.error.strip().splitlines()[-1]
         return text
 
+class ProtocolError(Exception):
+    """The worker's reply was not a well-formed answer to the request just sent."""
+
+
 class Worker:
-    """One worker process, its private folder, and (as root) its own pids cgroup."""
+    """One worker process (in its own namespaces where allowed), its private folder, and its cgroups."""
 
-    def __init__(self, limits):
+    def __init__(self, limits, namespaces):
         self.root = tempfile.mkdtemp(prefix="mumath-sandbox-")
+        self.cgroups = _make_cgroups(limits)
+        limits = dict(limits, namespaces=bool(namespaces), cgroups=[path for path, _, _ in self.cgroups],
+                      memory_cgroup=_oom_events_file(self.cgroups) is not None,
+                      oom_events=_oom_events_file(self.cgroups))
+        self.memory_limit = "cgroup" if limits["memory_cgroup"] else "rlimit"
         env = dict(SAFE_ENV, HOME=self.root, TMPDIR=self.root)
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", WORKER_SCRIPT, self.root, json.dumps(limits)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            cwd=self.root, start_new_session=True, text=True, bufsize=1)
-        # The worker forks nothing before its first request, so joining the cgroup now is in time.
-        self.cgroup = _join_pids_cgroup(self.process.pid, limits["max_processes"])
-        hello = self._read_line(timeout=120)
-        if hello is None:
+        command = [sys.executable, "-I", WORKER_SCRIPT, self.root, json.dumps(limits)]
+        try:
+            self.process = subprocess.Popen(
+                (NAMESPACE_COMMAND if namespaces else []) + command,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                cwd=self.root, start_new_session=True, bufsize=0)
+        except OSError:
+            for path, _, _ in self.cgroups:
+                _remove_cgroup(path)
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        try:
+            hello = self._read_frame(time.monotonic() + 120)
+            if hello.get("id") != "hello" or not hello.get("ready"):
+                raise ProtocolError("no greeting")
+        except ProtocolError:
             self.kill()
-            raise RuntimeError("sandbox worker did not start (see mumath/sandbox_worker.py)")
-        self.landlock_abi = json.loads(hello)["landlock_abi"]
+            raise RuntimeError("sandbox worker did not start (see mumath/sandbox_worker.py)") from None
+        self.landlock_abi = int(hello.get("landlock_abi", 0))
+        # The Python worker itself: under `unshare --fork` it is the child of the process we started.
+        self.pid = _only_child(self.process.pid) if namespaces else self.process.pid
 
-    def _read_line(self, timeout):
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.process.stdout.readline()
-        return line or None
+    def _read_exactly(self, size, deadline):
+        fd, data = self.process.stdout.fileno(), b""
+        while len(data) < size:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise ProtocolError("no reply before the deadline")
+            chunk = os.read(fd, size - len(data))
+            if not chunk:
+                raise ProtocolError("the worker closed its channel")
+            data += chunk
+        return data
+
+    def _read_frame(self, deadline):
+        magic, length = FRAME_HEADER.unpack(self._read_exactly(FRAME_HEADER.size, deadline))
+        if magic != FRAME_MAGIC or length > MAX_FRAME_BYTES:
+            raise ProtocolError("not a reply frame")
+        try:
+            message = json.loads(self._read_exactly(length, deadline))
+        except ValueError:
+            raise ProtocolError("reply is not JSON") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("reply is not an object")
+        return message
 
     def run(self, request, timeout):
+        """Send one request and return its validated reply; raise ProtocolError on anything else."""
+        request = dict(request, id=secrets.token_hex(16))  # a fresh nonce: an old or forged reply cannot match
+        body = json.dumps(request).encode()
+        data = memoryview(FRAME_HEADER.pack(FRAME_MAGIC, len(body)) + body)
         try:
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
+            while data:
+                data = data[self.process.stdin.write(data):]
         except (BrokenPipeError, OSError):
-            return None
-        line = self._read_line(timeout)
-        return json.loads(line) if line else None
+            raise ProtocolError("the worker is gone") from None
+        reply = self._read_frame(time.monotonic() + timeout)
+        if reply.get("id") != request["id"]:
+            raise ProtocolError("reply to another request")
+        return _result_from(reply)
 
     def kill(self):
         try:
@@ -110,28 +160,53 @@ class Worker:
             pass
         self.process.kill()
         self.process.wait()
-        if self.cgroup:
-            _remove_cgroup(self.cgroup)
+        for path, _, _ in self.cgroups:
+            _remove_cgroup(path)
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+def _result_from(reply):
+    stdout, error, timed_out, seconds = (reply.get(key) for key in ("stdout", "error", "timed_out", "seconds"))
+    if not (isinstance(stdout, str) and (error is None or isinstance(error, str)) and isinstance(timed_out, bool)
+            and isinstance(seconds, (int, float))):
+        raise ProtocolError("reply fields have the wrong types")
+    return ExecutionResult(stdout, error, timed_out, float(seconds))
+
+
+class _NoWorker:
+    """Stands in for a worker that could not be restarted; the next snippet that draws it tries again."""
+    landlock_abi, pid, memory_limit = 0, None, None
+
+    def run(self, request, timeout):
+        raise ProtocolError("no worker could be started")
+
+    def kill(self):
+        pass
+
+
 class SandboxPool:
-    """A pool of sandbox workers; `execute` and `execute_many` are safe to call from many threads."""
+    """A pool of sandbox workers; `execute` and `execute_many` are safe to call from many threads.
+
+    `namespaces`: None (the default) uses user+pid+mount+net namespaces where the kernel allows them and
+    warns once where it does not; False never uses them."""
 
     def __init__(self, workers=2, timeout=10.0, memory_mb=1024, max_output_chars=4000,
-                 max_file_bytes=16 * 2**20, max_processes=64, preimport=None):
+                 max_file_bytes=16 * 2**20, max_processes=64, preimport=None, namespaces=None):
         self.timeout = float(timeout)
         self.limits = {"timeout": self.timeout, "memory_mb": int(memory_mb),
                        "max_output_chars": int(max_output_chars), "max_file_bytes": int(max_file_bytes),
                        "max_processes": self._process_cap(max_processes),
                        "preimport": PREIMPORT if preimport is None else list(preimport)}
+        self.namespaces = namespaces_available() if namespaces is None else bool(namespaces)
         self._idle = queue.Queue()
         self._all = []
         self._lock = threading.Lock()
         with ThreadPoolExecutor(workers) as starter:
-            for worker in starter.map(lambda _: Worker(self.limits), range(workers)):
+            for worker in starter.map(lambda _: Worker(self.limits, self.namespaces), range(workers)):
                 self._all.append(worker)
                 self._idle.put(worker)
         self.landlock_abi = self._all[0].landlock_abi
+        self.memory_limit = self._all[0].memory_limit  # "cgroup" (real memory) or "rlimit" (address space)
         self._threads = ThreadPoolExecutor(workers)
         atexit.register(self.close)
 
@@ -145,14 +220,16 @@ class SandboxPool:
         return mine + max_processes
 
     def execute(self, code, prelude=()):
-        """Run one snippet; `prelude` blocks run first, silently (to carry state across blocks)."""
+        """Run one snippet; `prelude` blocks run first, silently (to carry state across blocks).
+
+        Never raises: a worker that dies, hangs or answers anything but a well-formed reply to this very
+        request is replaced, and this snippet alone is reported as a SandboxError."""
         worker = self._idle.get()
         try:
-            reply = worker.run({"code": code, "prelude": list(prelude)}, timeout=self.timeout + 15)
-            if reply is None:  # the worker itself died or hung: replace it, report the snippet as failed
-                worker = self._replace(worker)
-                return ExecutionResult("", "SandboxError: the worker process died", False)
-            return ExecutionResult(**reply)
+            return worker.run({"code": code, "prelude": list(prelude)}, timeout=self.timeout + 15)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the caller gets a result
+            worker = self._replace(worker)
+            return ExecutionResult("", f"SandboxError: the worker failed ({exc}); it was replaced", False)
         finally:
             self._idle.put(worker)
 
@@ -161,11 +238,14 @@ class SandboxPool:
         return list(self._threads.map(self.execute, codes, preludes))
 
     def _replace(self, worker):
-        index = self._all.index(worker)
         worker.kill()
-        fresh = Worker(self.limits)
+        try:
+            fresh = Worker(self.limits, self.namespaces)
+        except Exception:  # noqa: BLE001 - retried by the next snippet that draws this slot
+            fresh = _NoWorker()
         with self._lock:
-            self._all[index] = fresh
+            if worker in self._all:
+                self._all[self._all.index(worker)] = fresh
         return fresh
 
     def close(self):
@@ -182,29 +262,127 @@ class SandboxPool:
     def __exit__(self, *exc):
         self.close()
 
-def _owner(pid):
+
+_namespace_support = {}
+
+
+def namespaces_available():
+    """Whether this kernel lets us start a worker in its own namespaces (probed once); warns once if not."""
+    if "ok" not in _namespace_support:
+        try:
+            probe = subprocess.run(NAMESPACE_COMMAND + [sys.executable, "-I", "-c", "pass"], env=dict(SAFE_ENV),
+                                   capture_output=True, timeout=30)
+            ok, reason = probe.returncode == 0, probe.stderr.decode(errors="replace").strip()[-300:]
+        except (OSError, subprocess.SubprocessError) as exc:
+            ok, reason = False, str(exc)
+        _namespace_support["ok"] = ok
+        if not ok:
+            warnings.warn(
+                "mumath sandbox: user/pid/mount/net namespaces are not available here "
+                f"({reason or 'unshare failed'}); snippets run without them, so they can see other processes "
+                "in /proc (as root they run as 'nobody', so they cannot read root's /proc/<pid>/environ) and "
+                "the network is closed by Landlock alone. See README, 'The sandbox'.", RuntimeWarning, stacklevel=3)
+    return _namespace_support["ok"]
+
+
+def _only_child(pid, wait_s=5.0):
+    """The one child of `pid` (the worker under `unshare --fork`), found in the caller's view of /proc."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        children = descendants_of(pid)
+        if children:
+            return children[0]
+        time.sleep(0.01)
+    return pid
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
+_cgroup_names = itertools.count()
+
+
+def _make_cgroups(limits):
+    """A memory cgroup (real memory: `memory_mb`) and a pids cgroup (`max_processes`) for one worker's snippets,
+    cgroup v1 or v2, as children of the caller's own cgroups; [(path, controller, oom_events_file)], empty where
+    none can be made (not root, read-only cgroupfs, v2 without delegation): then rlimits are the fallback."""
+    memory = limits["memory_mb"] * 2**20
+    wanted = {"memory": {1: [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)],
+                         2: [("memory.max", memory), ("memory.swap.max", 0), ("memory.oom.group", 1)]},
+              "pids": {1: [("pids.max", limits["max_processes"])], 2: [("pids.max", limits["max_processes"])]}}
+    made = []
+    for controller, settings in wanted.items():
+        base = _cgroup_base(controller)
+        if base is None:
+            continue
+        parent, version = base
+        path = os.path.join(parent, f"mumath-sandbox-{os.getpid()}-{next(_cgroup_names)}")
+        try:
+            os.mkdir(path)
+            for name, value in settings[version]:
+                _write_setting(path, name, value, required=name in ("memory.limit_in_bytes", "memory.max",
+                                                                     "pids.max"))
+        except OSError:
+            _remove_cgroup(path)
+            continue
+        events = {1: "memory.oom_control", 2: "memory.events"}[version] if controller == "memory" else None
+        made.append((path, controller, events and os.path.join(path, events)))
+    return made
+
+
+def _write_setting(path, name, value, required):
     try:
-        return os.stat(f"/proc/{pid}").st_uid
+        with open(os.path.join(path, name), "w") as handle:
+            handle.write(str(value))
+    except OSError:
+        if required:
+            raise
+
+
+def _cgroup_base(controller):
+    """(the caller's own cgroup directory for `controller`, cgroup version) if we may create children there."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open(PROC_SELF_CGROUP) as handle:
+            lines = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
     except OSError:
         return None
+    for _, controllers, own in lines:  # cgroup v1: one hierarchy per controller (or group of controllers)
+        if controller in controllers.split(","):
+            for mount in (os.path.join(CGROUP_ROOT, controllers), os.path.join(CGROUP_ROOT, controller)):
+                base = os.path.join(mount, own.lstrip("/"))
+                if os.path.isdir(base) and os.access(base, os.W_OK):
+                    return base, 1
+            return None
+    for hierarchy, controllers, own in lines:  # cgroup v2: the unified hierarchy
+        if hierarchy == "0" and not controllers:
+            for mount in (CGROUP_ROOT, os.path.join(CGROUP_ROOT, "unified")):
+                base = os.path.join(mount, own.lstrip("/"))
+                if _v2_delegates(mount, base, controller):
+                    return base, 2
+    return None
 
-PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids"
 
-def _join_pids_cgroup(pid, max_processes):
-    """Put `pid` in a fresh cgroup v1 pids group capped at `max_processes`; None where that is impossible."""
-    if os.geteuid() != 0 or not os.access(PIDS_CGROUP_ROOT, os.W_OK):
-        return None
-    path = os.path.join(PIDS_CGROUP_ROOT, f"mumath-sandbox-{os.getpid()}-{pid}")
+def _v2_delegates(mount, base, controller):
+    """Whether children of `base` get `controller` (enabling it where allowed: not where `base` holds processes)."""
     try:
-        os.mkdir(path)
-        with open(os.path.join(path, "pids.max"), "w") as handle:
-            handle.write(str(max_processes))
-        with open(os.path.join(path, "cgroup.procs"), "w") as handle:
-            handle.write(str(pid))
-        return path
+        with open(os.path.join(mount, "cgroup.controllers")) as handle:
+            if controller not in handle.read().split():
+                return False
+        subtree = os.path.join(base, "cgroup.subtree_control")
+        with open(subtree) as handle:
+            if controller in handle.read().split():
+                return True
+        with open(subtree, "w") as handle:
+            handle.write(f"+{controller}")
+        return True
     except OSError:
-        _remove_cgroup(path)
-        return None
+        return False
+
+
+def _oom_events_file(cgroups):
+    return next((events for _, controller, events in cgroups if controller == "memory"), None)
+
 
 def _remove_cgroup(path):
     try:

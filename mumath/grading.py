@@ -1,9 +1,12 @@
 """Pull the final answer out of a solution and decide whether it matches the reference.
 
-Extraction order: the last ``\\boxed{}`` (or ``\\fbox{}``), "The answer is ...", the last ``**bold**``,
-the last number. Equivalence: multiple-choice mapping (TabMWP), then numbers (tolerance, fractions,
-percentages, thousands separators, trailing units), then normalized strings, then math-verify for
-symbolic answers. No SIGALRM anywhere, so grading is safe in threads and notebooks.
+Extraction order: the last top-level ``\\boxed{}`` (or ``\\fbox{}``; a box inside a box belongs to the
+outer one), "The answer is ...", an "Answer: ..." label, the last ``**bold**`` that is not a label, the
+last number. A final ``\\boxed{`` that never closes (generation cut off) is no answer: the later rules
+look only at the text before it. Equivalence: multiple choice (letter, ``(C)``, option text or option
+value, against a gold letter or option text), then numbers (tolerance, fractions, percentages,
+thousands separators, trailing units), then normalized strings, then math-verify for symbolic answers.
+No SIGALRM anywhere, so grading is safe in threads and notebooks.
 """
 import logging
 import math
@@ -15,33 +18,65 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 
 
+BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+ANSWER_LABEL = re.compile(r"(?im)^[\s>#*_-]*(?:final\s+)?answer\s*(?:\*\*|__)?\s*[:\uff1a]\s*(?:\*\*|__)?(.+)$")
+
+
+def boxed_spans(text):
+    """(command start, content start, content end) of each top-level box, in order; content end is None
+    for a box that never closes (always the last one: nothing after it can be read as a box)."""
+    spans, resume = [], 0
+    for match in BOX_OPEN.finditer(text):
+        if match.start() < resume:
+            continue  # a box inside the previous box is part of its content
+        depth, index = 1, match.end()
+        while index < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            index += 1
+        if depth:
+            spans.append((match.start(), match.end(), None))
+            break
+        spans.append((match.start(), match.end(), index - 1))
+        resume = index
+    return spans
+
+
 def extract_boxed(text):
-    """Content of the last \\boxed{...} or \\fbox{...}, braces balanced; None if there is none."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    if not starts:
+    """Content of the last top-level \\boxed{...} or \\fbox{...}, braces balanced; None if there is none
+    or the last one never closes."""
+    spans = boxed_spans(text)
+    if not spans:
         match = list(re.finditer(r"\\boxed ([^\s$]+)", text))  # \boxed 5
         return match[-1].group(1) if match else None
-    start, depth = starts[-1], 1
-    for index in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return text[start:index].strip()
-    return None
+    _, start, end = spans[-1]
+    return None if end is None else text[start:end].strip()
+
+
+def _clean_stated(answer):
+    return answer.strip().strip("*_ $").rstrip(".").strip("*_ $")
 
 
 def extract_answer(text):
     """The model's final answer as a string, or None."""
     if not text:
         return None
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
+    spans = boxed_spans(text)
+    if spans and spans[-1][2] is None:
+        text = text[:spans[-1][0]]  # cut off inside its box: no boxed answer, the rest decides
+    else:
+        boxed = extract_boxed(text)
+        if boxed is not None:
+            return boxed
     stated = re.findall(r"[Tt]he (?:final )?answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)", text)
     if stated:
         return stated[-1].strip()
-    bold = re.findall(r"\*\*([^*]+)\*\*", text)
+    labelled = [_clean_stated(answer) for answer in ANSWER_LABEL.findall(text)]
+    labelled = [answer for answer in labelled if answer]
+    if labelled:
+        return labelled[-1]
+    bold = [part.strip() for part in re.findall(r"\*\*([^*]+)\*\*", text) if not part.strip().endswith(":")]
     if bold:
-        return bold[-1].strip()
+        return bold[-1]
     numbers = re.findall(NUMBER, text)
     return numbers[-1] if numbers else None
 
@@ -110,21 +145,50 @@ def numbers_match(pred, gold, rel_tol=1e-4, abs_tol=1e-6):
     return math.isclose(pred, gold, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
-def map_choice(pred, choices):
-    """Map a prediction onto one of the choices: by text, by option letter, or by number."""
-    text = normalize(pred).lower()
+OPTION_LABEL = re.compile(r"(?:^|(?<=[\s,;]))\(?([A-J])\s*[).:]\s*")
+
+
+def split_options(value):
+    """Multiple-choice options as a list of their texts: a list stays a list (a leading "A) " on every
+    entry is dropped); one string ``"A) 3 B) 5 C) 10"`` (or ``(A) 3 (B) 5``, ``A. 3, B. 5``) is split at
+    its consecutive letters."""
+    if isinstance(value, (list, tuple)):
+        options = [str(option).strip() for option in value]
+        labels = [OPTION_LABEL.match(option) for option in options]
+        if options and all(label and label.group(1) == chr(65 + index) for index, label in enumerate(labels)):
+            options = [option[label.end():].strip() for option, label in zip(options, labels)]
+        return options
+    text, cuts = str(value), []
+    for match in OPTION_LABEL.finditer(text):
+        if match.group(1) == chr(65 + len(cuts)):
+            cuts.append(match)
+    if len(cuts) < 2:
+        return [text.strip()]
+    ends = [match.start() for match in cuts[1:]] + [len(text)]
+    return [text[match.end():end].strip().rstrip(",;").strip() for match, end in zip(cuts, ends)]
+
+
+def choice_index(answer, choices):
+    """Which option an answer names: by its text, its letter (``C``, ``(C)``, ``C) 10``), or its value."""
+    text = normalize(answer).lower()
     lowered = [normalize(choice).lower() for choice in choices]
     if text in lowered:
-        return choices[lowered.index(text)]
-    letter = re.fullmatch(r"\(?([a-e])\)?", text)
+        return lowered.index(text)
+    letter = re.fullmatch(r"\(?([a-j])\)?(?:[.:)]\s*.*)?", text) or re.fullmatch(r"(?:option|choice)\s+\(?([a-j])\)?", text)
     if letter and ord(letter.group(1)) - ord("a") < len(choices):
-        return choices[ord(letter.group(1)) - ord("a")]
-    value = to_number(pred)
+        return ord(letter.group(1)) - ord("a")
+    value = to_number(answer)
     if value is not None:
-        for choice in choices:
+        for index, choice in enumerate(choices):
             if to_number(choice) is not None and numbers_match(value, to_number(choice)):
-                return choice
-    return pred
+                return index
+    return None
+
+
+def map_choice(pred, choices):
+    """Map a prediction onto the text of one of the choices (unchanged when it names none)."""
+    index = choice_index(pred, choices)
+    return pred if index is None else choices[index]
 
 
 def math_verify_equal(pred, gold):
@@ -147,7 +211,12 @@ def is_equivalent(pred, gold, choices=None):
         return False
     pred, gold = str(pred), str(gold)
     if choices:
-        pred = map_choice(pred, choices)
+        choices = split_options(choices)
+        pred_index, gold_index = choice_index(pred, choices), choice_index(gold, choices)
+        if pred_index is not None and gold_index is not None:
+            return pred_index == gold_index
+        if gold_index is not None:
+            gold = choices[gold_index]  # a gold letter means its option's text
     pred_value, gold_value = to_number(pred), to_number(gold)
     if pred_value is not None and gold_value is not None:
         if numbers_match(pred_value, gold_value):

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import REPO_ROOT, redact
+from .records import read_json, write_json
 
 PACKAGES = ["mumath", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
             "papermill", "math-verify", "sympy", "numpy", "openai", "datasketch", "matplotlib",
@@ -25,12 +26,57 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+_MEMO = {}
+_MEMO_FILE = "sha256-memo.json"
+_MEMO_MIN_BYTES = 16 * 2**20  # files this large (model weights) are remembered across processes
+
+
+def _memo_path():
+    from .models import cache_dir
+
+    return cache_dir() / _MEMO_FILE
+
+
+def _load_memo():
+    if not _MEMO:
+        try:
+            _MEMO.update(json.loads(_memo_path().read_text()))
+        except (OSError, ValueError):
+            pass
+        _MEMO.setdefault("", "loaded")
+    return _MEMO
+
+
 def sha256_file(path, chunk=2**20):
+    """sha256 of a file. A file's hash is remembered under (path, inode, size, mtime), the check git and
+    make rely on, so re-checking an unchanged multi-GB checkpoint costs a stat, not a read."""
+    path = os.path.realpath(path)
+    stat = os.stat(path)
+    key = f"{path}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    memo = _load_memo()
+    if key in memo:
+        return memo[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
-    return digest.hexdigest()
+    memo[key] = digest.hexdigest()
+    if stat.st_size >= _MEMO_MIN_BYTES:
+        try:
+            from .records import write_json
+
+            write_json(_memo_path(), {k: v for k, v in memo.items() if k})
+        except OSError:
+            pass  # a read-only cache folder only costs re-hashing
+    return memo[key]
+
+
+def folder_hashes(path, skip=("__pycache__",)):
+    """{relative name: sha256} of every file under a folder (skipping `skip` folders and *.pyc)."""
+    path = Path(path)
+    return {str(file.relative_to(path)): sha256_file(file)
+            for file in sorted(path.rglob("*"))
+            if file.is_file() and file.suffix != ".pyc" and not set(file.relative_to(path).parts) & set(skip)}
 
 
 def sha256_path(path):
@@ -39,9 +85,14 @@ def sha256_path(path):
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\n".encode())
+    for name, sha in folder_hashes(path).items():
+        digest.update(f"{name}\0{sha}\n".encode())
     return digest.hexdigest()
+
+
+def package_fingerprint():
+    """sha256 over the `mumath` package's files (code, registry, prompts, shipped data)."""
+    return sha256_path(Path(__file__).resolve().parent)
 
 
 def git_state():
@@ -78,7 +129,8 @@ def hardware():
 
 
 def record_inputs(run_dir, paths):
-    """Called by steps: note files or folders they read, to be hashed into the manifest."""
+    """Called by steps: note files or folders they read, to be hashed into the manifest and into the
+    step's reuse fingerprint (a later run re-hashes them: a changed input re-runs the step)."""
     if not run_dir:
         return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -90,7 +142,7 @@ def record_inputs(run_dir, paths):
 class Manifest:
     def __init__(self, run_dir, params_file, run, plan):
         self.path = Path(run_dir) / "manifest.json"
-        previous = json.loads(self.path.read_text()) if self.path.exists() else {}
+        previous = read_json(self.path) if self.path.exists() else {}
         self.data = {
             "run": run, "params_file": str(params_file), "params": redact(plan),
             "seeds": {step: params.get("seed") for step, params in plan.items() if "seed" in params},
@@ -107,10 +159,30 @@ class Manifest:
             if path.exists():
                 self.data["inputs"][str(path)] = sha256_path(path)
 
-    def fold_recorded_inputs(self):
+    def take_recorded_inputs(self):
+        """The paths steps recorded since the last call (they go into the manifest's inputs too)."""
         listed = Path(self.path.parent) / INPUTS_FILE
-        if listed.exists():
-            self.add_inputs(sorted(set(listed.read_text().split())))
+        paths = sorted(set(listed.read_text().splitlines())) if listed.exists() else []
+        listed.unlink(missing_ok=True)
+        self.add_inputs(paths)
+        return [path for path in paths if path]
+
+    @staticmethod
+    def data_origins(paths, run_dir):
+        """{input: where it came from} for the benchmark data among a step's inputs: `shipped` (the copy
+        inside the package), `hub` (a Hugging Face dataset) or `local` (data_dir or a file of yours)."""
+        from .data import HUB_PREFIX, SHIPPED_DATA
+
+        origins = {}
+        for path in paths:
+            if path.startswith(HUB_PREFIX):
+                origins[path] = "hub"
+            elif Path(path).is_relative_to(SHIPPED_DATA):
+                origins[str(Path(path).relative_to(SHIPPED_DATA.parent.parent))] = "shipped"
+            elif Path(path).suffix in (".jsonl", ".json", ".gz", ".xz") and Path(path).is_file() \
+                    and not Path(path).is_relative_to(Path(run_dir).resolve()):
+                origins[path] = "local"
+        return origins
 
     def step(self, name):
         return self.data["steps"].get(name, {})
@@ -124,6 +196,4 @@ class Manifest:
         self.write()
 
     def write(self):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        tmp.replace(self.path)  # atomic: a killed run never leaves half a manifest
+        write_json(self.path, self.data)  # atomic: a killed run never leaves half a manifest

@@ -8,7 +8,6 @@ A model spec is one of:
 """
 import fcntl
 import importlib.util
-import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -51,6 +50,8 @@ def convert_gguf_to_safetensors(gguf_path, out_dir):
     """Dequantize a GGUF checkpoint once into a plain transformers folder (loads in well under a second)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .records import write_json
+
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -65,8 +66,7 @@ def convert_gguf_to_safetensors(gguf_path, out_dir):
     plain.generation_config = gguf_model.generation_config
     plain.save_pretrained(tmp_dir)
     tokenizer.save_pretrained(tmp_dir)
-    (tmp_dir / "mumath_source.json").write_text(json.dumps(
-        {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}, indent=1))
+    write_json(tmp_dir / "mumath_source.json", {"gguf": str(gguf_path), "size": gguf_path.stat().st_size})
     tmp_dir.rename(out_dir)  # atomic: a half-written folder is never taken for a model
     return out_dir
 

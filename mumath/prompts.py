@@ -8,6 +8,8 @@ examples ``fewshot_<mode>.jsonl`` (question, solution) given as earlier chat tur
 import json
 from pathlib import Path
 
+from .records import read_jsonl
+
 PROMPT_DIR = Path(__file__).with_name("prompts")
 MODES = ("tir", "cot")
 
@@ -23,7 +25,7 @@ def read_fewshot(mode, prompt_dir=None):
     path = Path(prompt_dir or PROMPT_DIR) / f"fewshot_{mode}.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def read_system(prompt_dir=None):
@@ -36,11 +38,12 @@ def user_message(question, mode, prompt_dir=None):
     return read_template(mode, prompt_dir).replace("{question}", question)
 
 
-def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None):
+def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None, solution=None):
     """Chat messages for one problem: system, `few_shot` solved examples, then the question.
 
     `template` names another template file (e.g. ``synth_tir``) for the question turn; the examples
-    stay those of `mode`.
+    stay those of `mode`. With `solution`, the conversation ends with it as the assistant turn: that is
+    an SFT row (steps 4-5), built by this same function so that training and evaluation see one format.
     """
     system = read_system(prompt_dir)
     messages = [{"role": "system", "content": system}] if system else []
@@ -51,4 +54,15 @@ def build_messages(question, mode, few_shot=0, prompt_dir=None, template=None):
         messages.append({"role": "user", "content": user_message(example["question"], mode, prompt_dir)})
         messages.append({"role": "assistant", "content": example["solution"]})
     messages.append({"role": "user", "content": user_message(question, template or mode, prompt_dir)})
+    if solution is not None:
+        messages.append({"role": "assistant", "content": solution})
     return messages
+
+
+def prompt_files_fingerprint(mode, few_shot=0, prompt_dir=None):
+    """sha256 (16 hex) of what the prompt of `mode` is built from: system, template, the examples used."""
+    import hashlib
+
+    parts = [read_system(prompt_dir) or "", read_template(mode, prompt_dir),
+             json.dumps(read_fewshot(mode, prompt_dir)[:few_shot], sort_keys=True, ensure_ascii=False)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]

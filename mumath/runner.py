@@ -1,9 +1,19 @@
 """Execute the recipe's notebooks with papermill: ``python -m mumath run params/<name>.yaml``.
 
 Each step's notebook runs into ``outputs/<run>/<notebook>``; its parameters (validated by
-`config.load_params`) come in through the `parameters` cell. A step that finished before with the same
-parameters and the same notebook is reused, not re-run (``--force`` re-runs it). A failing step keeps
-its partly executed notebook and everything already written; later steps do not run.
+`config.load_params`) come in through the `parameters` cell. A step is reused, not re-run, only when
+its fingerprint is unchanged and its outputs are intact (``--force`` re-runs it). The fingerprint
+(`step_fingerprint`) covers, for every step alike:
+
+- its parameters and its notebook;
+- the `mumath` package's files (code, registry, prompts, shipped data);
+- its upstream inputs: every file in the output folders of the steps before it in `config.STEPS`
+  (``<run>/<step>/``, see `config.step_output_dir`), and every file or folder the step recorded reading
+  (`manifest.record_inputs`: data files, models, prompt folders), re-hashed now.
+
+"Intact" means every file the step had written when it finished is still there, unchanged, and every
+JSONL file is complete (no torn last line). A failing step keeps its partly executed notebook and
+everything already written; later steps do not run.
 """
 import hashlib
 import json
@@ -11,33 +21,90 @@ import sys
 import time
 from pathlib import Path
 
-from .config import NOTEBOOK_DIR, REPO_ROOT, STEPS, ParamsError, is_secret_name, load_params
-from .manifest import Manifest, sha256_file
+from .check import check_plan
+from .config import (NOTEBOOK_DIR, STEPS, ParamsError, load_params, outputs_root, project_root,
+                     step_output_dir)
+from .estimate import add_estimate_arguments, print_estimate
+from .manifest import Manifest, folder_hashes, package_fingerprint, sha256_file, sha256_path
+from .records import jsonl_is_complete
 
 KERNEL_NAME = "python3"  # ipykernel's native spec: the interpreter running this runner (the project venv)
-OUTPUTS = REPO_ROOT / "outputs"
+OUTPUTS = outputs_root()
 
 
-def step_fingerprint(step, params):
-    notebook = NOTEBOOK_DIR / STEPS[step]
-    blob = json.dumps({"params": params, "notebook": sha256_file(notebook)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def upstream_steps(step):
+    """The steps before `step` in recipe order: their outputs are its possible inputs."""
+    order = list(STEPS)
+    return order[:order.index(step)]
 
 
-def refuse_secrets(params_file, plan):
-    for step, params in plan.items():
-        for key in params:
-            if is_secret_name(key):
-                raise ParamsError(f"{params_file}: parameter 'steps.{step}.{key}' looks like a secret; "
-                                  "secrets come from the environment (name the variable in '<name>_env')")
+def expand_run_dir(value, run_dir):
+    """'{run_dir}' in a string parameter becomes the run folder: a later step names an earlier one's output
+    (``model: "{run_dir}/stage2/final"``) wherever `--outputs` puts the run."""
+    if isinstance(value, str):
+        return value.replace("{run_dir}", str(run_dir))
+    if isinstance(value, list):
+        return [expand_run_dir(item, run_dir) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_run_dir(item, run_dir) for key, item in value.items()}
+    return value
+
+
+def input_hashes(run_dir, step, recorded=()):
+    """{name: sha256} of the step's upstream inputs as they are now (missing ones map to None)."""
+    hashes = {}
+    for earlier in upstream_steps(step):
+        folder = step_output_dir(run_dir, earlier)
+        if folder.is_dir():
+            hashes[f"{earlier}/"] = sha256_path(folder)
+    for path in recorded:
+        if Path(path).resolve().is_relative_to(step_output_dir(run_dir, step).resolve()):
+            continue  # the step's own outputs (e.g. an evaluation it resumes) are not its inputs
+        hashes[path] = sha256_path(path) if Path(path).exists() else None
+    return hashes
+
+
+def step_fingerprint(step, params, run_dir=None, recorded=()):
+    """sha256 over what decides a step's results (see the module docstring)."""
+    parts = {"params": params, "notebook": sha256_file(NOTEBOOK_DIR / STEPS[step]),
+             "package": package_fingerprint(),
+             "inputs": input_hashes(run_dir, step, recorded) if run_dir is not None else {}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def damaged_outputs(run_dir, step, recorded_outputs):
+    """Names of the step's output files that are missing, changed or torn since it finished ([] if intact)."""
+    folder = step_output_dir(run_dir, step)
+    now = folder_hashes(folder) if folder.is_dir() else {}
+    damaged = [name for name, sha in (recorded_outputs or {}).items() if now.get(name) != sha]
+    damaged += [name for name in now if name.endswith(".jsonl") and not jsonl_is_complete(folder / name)]
+    return sorted(set(damaged))
+
+
+def reuse_verdict(run_dir, step, params, previous):
+    """(reusable?, why not) for a step that ran before."""
+    if previous.get("status") not in ("completed", "reused"):
+        return False, None
+    if previous.get("fingerprint") != step_fingerprint(step, params, run_dir, previous.get("recorded_inputs", ())):
+        return False, "its parameters, notebook, package code or inputs changed since it finished"
+    damaged = damaged_outputs(run_dir, step, previous.get("outputs"))
+    if damaged:
+        return False, f"its outputs are missing, changed or incomplete ({', '.join(damaged[:3])})"
+    return True, None
+
+
+def describe_failure(error):
+    """The exception a step raised, as the person running it needs to read it (not papermill's wrapper)."""
+    name, value = getattr(error, "ename", None), getattr(error, "evalue", None)
+    if name:
+        return f"{name}: {value}"
+    return f"{type(error).__name__}: {error}"
 
 
 def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
     """Run the steps of a params file; returns the run folder. Raises on the first failing step."""
-    import papermill
-
     run_name, plan = load_params(params_file)
-    refuse_secrets(params_file, plan)
+    check_plan(params_file, plan)  # benchmarks, data files, prompt folders: before anything runs
     if only is not None:
         if only not in plan:
             raise ParamsError(f"--only {only}: {params_file} has no step '{only}' (it has {list(plan)})")
@@ -48,37 +115,82 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
     status = "completed"
     try:
         for step, params in plan.items():
-            fingerprint = step_fingerprint(step, params)
             output = run_dir / STEPS[step]
             previous = manifest.step(step)
-            if not force and previous.get("status") in ("completed", "reused") \
-                    and previous.get("fingerprint") == fingerprint and output.exists():
-                print(f"[mumath] {step}: finished before with the same parameters; reusing {output}")
+            reusable, why = reuse_verdict(run_dir, step, params, previous)
+            if not force and reusable and output.exists():
+                print(f"[mumath] {step}: finished before with the same parameters, code and inputs; "
+                      f"reusing {output}")
                 manifest.set_step(step, status="reused")
                 continue
-            print(f"[mumath] {step}: running {STEPS[step]} -> {output}", flush=True)
+            reason = "forced" if force and reusable else why
+            print(f"[mumath] {step}: running {STEPS[step]} -> {output}" + (f" ({reason})" if reason else ""),
+                  flush=True)
             started = time.time()
+            manifest.take_recorded_inputs()  # what earlier steps recorded is theirs
             manifest.set_step(step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              fingerprint=fingerprint, notebook=str(output), error=None)
+                              fingerprint=None, notebook=str(output), error=None, outputs=None)
             manifest.add_inputs([NOTEBOOK_DIR / STEPS[step]])
             try:
-                papermill.execute_notebook(
-                    str(NOTEBOOK_DIR / STEPS[step]), str(output), parameters=dict(params, run_dir=str(run_dir)),
-                    kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT), log_output=log_output, progress_bar=False)
+                execute_notebook(step, params, run_dir, output, log_output)
             except Exception as error:
                 manifest.set_step(step, status="failed", seconds=round(time.time() - started, 1),
-                                  error=f"{type(error).__name__}: {str(error)[-2000:]}")
+                                  error=describe_failure(error)[-2000:])
                 status = "failed"
                 raise
             finally:
-                manifest.fold_recorded_inputs()
-            manifest.set_step(step, status="completed", seconds=round(time.time() - started, 1))
+                recorded = manifest.take_recorded_inputs()
+                manifest.set_step(step, recorded_inputs=recorded, data=Manifest.data_origins(recorded, run_dir))
+            folder = step_output_dir(run_dir, step)
+            manifest.set_step(step, status="completed", seconds=round(time.time() - started, 1),
+                              fingerprint=step_fingerprint(step, params, run_dir, recorded),
+                              outputs=folder_hashes(folder) if folder.is_dir() else {})
     except BaseException:
         status = "failed" if status == "completed" else status
         raise
     finally:
         manifest.finish(status)
     return run_dir
+
+
+def quiet_kernel_manager():
+    """jupyter_client's AsyncKernelManager, minus two things a person reads as failures on every run:
+
+    - it sends SIGINT to the kernel before asking it to shut down, even when the kernel is idle (that
+      is what prints ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel``): an idle kernel at the
+      end of a notebook has nothing to interrupt, so shutdown goes straight to the shutdown request;
+    - it talks to the kernel over TCP on localhost (ipykernel warns that this is unencrypted): local
+      sockets (``ipc`` transport, files readable by this user only) are the right transport for a
+      kernel on the same machine, and ipykernel does not warn about them.
+    """
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class QuietKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:
+                return  # the kernel is being shut down after the notebook finished: nothing to interrupt
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
+def execute_notebook(step, params, run_dir, output, log_output=True):
+    run_notebook(NOTEBOOK_DIR / STEPS[step], output, dict(expand_run_dir(params, run_dir), run_dir=str(run_dir)),
+                 log_output)
+
+
+def run_notebook(notebook, output, parameters, log_output=True):
+    """papermill, with the project's kernel, working directory and quiet kernel manager."""
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, cwd=str(project_root()),
+        log_output=log_output, progress_bar=False, kernel_manager_class=quiet_kernel_manager())
 
 
 def main(argv=None):
@@ -91,22 +203,27 @@ def main(argv=None):
     run_parser.add_argument("--only", choices=list(STEPS), help="run just this step")
     run_parser.add_argument("--force", action="store_true", help="re-run steps that finished before")
     run_parser.add_argument("--outputs", default=str(OUTPUTS), help="folder for run outputs")
-    commands.add_parser("check", help="validate params files without running").add_argument("params", nargs="+")
+    check_parser = commands.add_parser("check", help="validate params files without running")
+    check_parser.add_argument("params", nargs="+")
+    add_estimate_arguments(check_parser)
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             for params_file in args.params:
                 run_name, plan = load_params(params_file)
-                refuse_secrets(params_file, plan)
+                for note in check_plan(params_file, plan):
+                    print(f"  {note}")
                 print(f"{params_file}: ok (run '{run_name}', steps {list(plan)})")
+                print_estimate(args, params_file)
             return 0
         run_dir = run(args.params, only=args.only, force=args.force, outputs=args.outputs)
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        print(f"error: step failed: {type(error).__name__}: {str(error)[:500]}\n"
-              f"The partly executed notebook and the manifest are in the run folder.", file=sys.stderr)
+        print(f"error: step failed: {describe_failure(error)}\n"
+              f"The partly executed notebook (with the full traceback) and the manifest are in the run "
+              f"folder.", file=sys.stderr)
         return 1
     print(f"[mumath] done: {run_dir}")
     return 0

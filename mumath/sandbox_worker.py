@@ -1,9 +1,11 @@
 """The long-lived worker process behind `mumath.executor.SandboxPool`.
 
-Run as ``python -I sandbox_worker.py``; it reads one JSON request per line on stdin and answers one JSON
-line on stdout. It pre-imports the heavy libraries once, then *forks* a fresh child for every snippet,
-so a snippet starts in milliseconds yet never sees another snippet's state (unless the caller sends a
-``prelude``). The child is confined before it runs anything (see `confine_child`).
+Run as ``python -I sandbox_worker.py ROOT LIMITS_JSON`` (by the caller, inside its own namespaces where the
+kernel allows). It reads framed requests on stdin and answers framed replies on stdout (see `write_frame`).
+It pre-imports the heavy libraries once, then *forks* a fresh child for every snippet, so a snippet starts in
+milliseconds yet never sees another snippet's state (unless the caller sends a ``prelude``). The child is
+confined before it runs anything (see `confine_child`) and holds no descriptor of the control channel: it
+reports through a pipe of its own, which only this worker reads.
 
 This file imports nothing from `mumath`: it runs under ``python -I`` as an unprivileged user and must not
 depend on the project being importable.
@@ -15,11 +17,21 @@ import resource
 import select
 import shutil
 import signal
+import struct
 import sys
 import time
 
+PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 4, 8, 24
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
+CAP_DAC_READ_SEARCH = 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+FRAME_MAGIC = b"MMSB"
+FRAME_HEADER = struct.Struct(">4sI")
+MAX_FRAME_BYTES = 8 * 2**20
+RESULT_FD = 3  # the snippet child's own result pipe; 0, 1, 2 are /dev/null, stdout.txt, stdout.txt
+UNPRIVILEGED_UID = 65534  # "nobody": who a snippet runs as when the caller is root and namespaces are off
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
@@ -87,19 +99,87 @@ def virtual_memory_bytes():
     return 0
 
 
+class CapUserHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapUserData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capability_bounding_set(keep=()):
+    """No capability but `keep` can come back through execve (needs CAP_SETPCAP, so it runs while root)."""
+    for capability in range(64):
+        if capability in keep:
+            continue
+        if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:
+                break  # EINVAL: past the kernel's last capability
+            raise OSError(ctypes.get_errno(), "cannot drop capability", str(capability))
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def set_capabilities(keep=()):
+    """Effective, permitted and inheritable sets = `keep` (usually nothing): root (inside or outside a user
+    namespace) keeps only what its uid owns, so it cannot unmount the fresh /proc, trace the worker, or
+    override file modes."""
+    mask = sum(1 << capability for capability in keep)
+    header = CapUserHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (CapUserData * 2)((mask, mask, mask), (0, 0, 0))
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    for capability in keep:  # ambient: kept across execve, so a subprocess can read what the snippet can
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0)
+
+
+def join_cgroups(paths):
+    """Move this process (and so everything it forks) into the worker's memory and pids cgroups.
+
+    Only the snippet's processes are in them, never the worker, so an out-of-memory kill hits the snippet."""
+    for path in paths:
+        with open(os.path.join(path, "cgroup.procs"), "w") as handle:
+            handle.write(str(os.getpid()))
+
+
+def become_nobody(workdir):
+    """Without namespaces, a root caller's snippet runs as `nobody`, so it cannot open root's
+    /proc/<pid>/environ (the caller's secrets: that takes the same uid or CAP_SYS_PTRACE). It keeps one
+    capability, CAP_DAC_READ_SEARCH, to read what root could (the Python install may live under /root);
+    writing stays limited to its folder."""
+    os.chown(workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    _libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups([])
+    os.setgid(UNPRIVILEGED_UID)
+    os.setuid(UNPRIVILEGED_UID)
+
+
 def confine_child(workdir, limits):
     """Everything a snippet's process gives up before its first line runs."""
     os.setpgid(0, 0)
+    join_cgroups(limits.get("cgroups", []))
     os.chdir(workdir)
-    # The address-space cap counts what the pre-imported zygote already maps, so it is added on top.
-    address_space = virtual_memory_bytes() + limits["memory_mb"] * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = workdir
+    if not limits.get("memory_cgroup"):
+        # Fallback only: the address-space cap counts reserved, not used, memory (threads reserve a lot), and
+        # it counts what the pre-imported zygote already maps, so it is added on top.
+        address_space = virtual_memory_bytes() + limits["memory_mb"] * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     cpu = int(limits["timeout"]) + 2
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
+    keep = (CAP_DAC_READ_SEARCH,) if os.geteuid() == 0 and not limits.get("namespaces") else ()
+    drop_capability_bounding_set(keep)
+    if keep:
+        become_nobody(workdir)
+    set_capabilities(keep)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
     apply_landlock(workdir)
 
 
@@ -124,16 +204,28 @@ class BoundedWriter:
         return False
 
 
-def run_snippet(request, workdir, limits):
-    """Body of the forked child: confine, run prelude and code, write the error (if any) to a file."""
-    confine_child(workdir, limits)
-    snippet_pid = os.getpid()  # processes the snippet forks run this code too; only this one reports
-    out_fd = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def isolate_descriptors(workdir, result_fd):
+    """0 = /dev/null, 1 and 2 = stdout.txt, RESULT_FD = this child's result pipe; every other descriptor,
+    the worker's control channel included, is closed before the snippet runs."""
+    out_fd = os.open(os.path.join(workdir, "stdout.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open("/dev/null", os.O_RDWR)
     os.dup2(null_fd, 0)
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
-    writer = BoundedWriter(out_fd, limits["max_output_chars"] + 1)
+    os.dup2(result_fd, RESULT_FD, inheritable=False)
+    os.closerange(RESULT_FD + 1, max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1024))
+
+
+def run_snippet(request, workdir, limits, result_fd):
+    """Body of the forked child: confine, run prelude and code, report the error (if any) on the result pipe."""
+    isolate_descriptors(workdir, result_fd)
+    try:
+        confine_child(workdir, limits)
+    except Exception as exc:  # fail closed: nothing runs unconfined
+        report(f"SandboxError: could not confine the snippet: {exc}")
+        os._exit(1)
+    snippet_pid = os.getpid()  # processes the snippet forks run this code too; only this one reports
+    writer = BoundedWriter(1, limits["max_output_chars"] + 1)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     error = None
     try:
@@ -152,9 +244,13 @@ def run_snippet(request, workdir, limits):
         error = f"{type(exc).__name__}: {exc}".strip()
     if os.getpid() != snippet_pid:
         os._exit(0)
-    with open("error.txt", "w") as handle:
-        handle.write(error or "")
+    report(error)
     os._exit(0)
+
+
+def report(error):
+    body = json.dumps({"error": error}).encode()
+    os.write(RESULT_FD, FRAME_HEADER.pack(FRAME_MAGIC, len(body)) + body)
 
 
 def exec_with_last_expression(code, namespace):
@@ -234,17 +330,73 @@ def read_text(path, limit):
         return ""
 
 
+def drain(fd, limit=1 << 16):
+    """Everything in the result pipe (all its writers are dead by now), at most `limit` bytes."""
+    os.set_blocking(fd, False)
+    chunks, size = [], 0
+    while size <= limit:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def reported_error(raw):
+    """The child's own report: the last frame in its result pipe, which must end it. The snippet may write to
+    that pipe too (it is its own), but what it writes comes before the child's report."""
+    position = raw.rfind(FRAME_MAGIC)
+    while position >= 0:
+        body = raw[position + FRAME_HEADER.size:]
+        header = raw[position:position + FRAME_HEADER.size]
+        if len(header) == FRAME_HEADER.size and FRAME_HEADER.unpack(header)[1] == len(body):
+            try:
+                error = json.loads(body)["error"]
+                if error is None or isinstance(error, str):
+                    return True, error
+            except (ValueError, KeyError, TypeError):
+                pass
+            break
+        position = raw.rfind(FRAME_MAGIC, 0, position)
+    return False, "SandboxError: the snippet garbled its result pipe"
+
+
+def oom_kills(limits):
+    """How many processes the memory cgroup's OOM killer has killed so far (None without a memory cgroup)."""
+    path = limits.get("oom_events")
+    if not path:
+        return None
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def execute(request, root, limits):
     workdir = os.path.join(root, "snippet")
     shutil.rmtree(workdir, ignore_errors=True)
     os.mkdir(workdir, 0o700)
+    oom_before = oom_kills(limits)
+    result_read, result_write = os.pipe()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
-            run_snippet(request, workdir, limits)
+            os.close(result_read)
+            run_snippet(request, workdir, limits, result_write)
         finally:
             os._exit(1)
+    os.close(result_write)
     pidfd = os.pidfd_open(pid)
     ready, _, _ = select.select([pidfd], [], [], limits["timeout"])
     timed_out = not ready
@@ -255,34 +407,80 @@ def execute(request, root, limits):
     if not kill_all_descendants(snippet_pgid=pid):
         os._exit(3)  # could not clean up: die, and let the caller replace this worker
     os.close(pidfd)
+    raw = drain(result_read)
     stdout = read_text(os.path.join(workdir, "stdout.txt"), limits["max_output_chars"])
-    error = read_text(os.path.join(workdir, "error.txt"), 2000) if not timed_out else ""
-    if not timed_out and status is not None and not os.path.exists(os.path.join(workdir, "error.txt")):
-        if os.WIFSIGNALED(status):
-            error = f"Killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-        elif os.WEXITSTATUS(status) != 0:
-            error = f"Process exited with code {os.WEXITSTATUS(status)}"
+    error = None
+    if not timed_out:
+        reported, error = reported_error(raw) if raw else (False, None)
+        oom_after = oom_kills(limits)
+        if not reported and oom_before is not None and oom_after is not None and oom_after > oom_before:
+            error = (f"MemoryError: the snippet used more than memory_mb={limits['memory_mb']} MiB "
+                     "and was killed")
+        elif not reported and status is not None and not error:
+            if os.WIFSIGNALED(status):
+                error = f"Killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+            elif os.WEXITSTATUS(status) != 0:
+                error = f"Process exited with code {os.WEXITSTATUS(status)}"
     shutil.rmtree(workdir, ignore_errors=True)
     return {"stdout": stdout, "error": error or None, "timed_out": timed_out,
             "seconds": round(time.monotonic() - started, 4)}
 
 
+def read_exactly(fd, size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_frame(fd):
+    """One request from the caller: magic, length, JSON; None at the end of the stream or on garbage."""
+    header = read_exactly(fd, FRAME_HEADER.size)
+    if header is None:
+        return None
+    magic, length = FRAME_HEADER.unpack(header)
+    if magic != FRAME_MAGIC or length > MAX_FRAME_BYTES:
+        return None
+    body = read_exactly(fd, length)
+    return None if body is None else json.loads(body)
+
+
+def write_frame(fd, message):
+    body = json.dumps(message).encode()
+    data = FRAME_HEADER.pack(FRAME_MAGIC, len(body)) + body
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def main():
     root, limits = sys.argv[1], json.loads(sys.argv[2])
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # Not dumpable: a snippet (same uid, no capabilities) cannot open /proc/<worker>/fd/* or environ.
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for module in limits.get("preimport", []):
         try:
             __import__(module)
         except Exception:
             pass
-    channel = os.fdopen(os.dup(1), "w")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
-    channel.write(json.dumps({"ready": True, "landlock_abi": landlock_abi()}) + "\n")
-    channel.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        channel.write(json.dumps(execute(request, root, limits)) + "\n")
-        channel.flush()
+    # The control channel moves to descriptors that no child inherits; 0 and 1 become /dev/null so that
+    # stray prints cannot corrupt the protocol.
+    requests, replies = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    os.chmod(root, 0o711)  # a snippet running as `nobody` must reach root/snippet
+    write_frame(replies, {"id": "hello", "ready": True, "landlock_abi": landlock_abi()})
+    while True:
+        request = read_frame(requests)
+        if request is None:
+            return
+        reply = execute(request, root, limits)
+        reply["id"] = request.get("id")
+        write_frame(replies, reply)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,19 @@ writes corrected code in the next round; `errors_fixed` counts the errors follow
 
 Each solution is written in chat format (`messages`: the question in the evaluation template, the
 solution as the assistant turn) for SFT, with its raw trajectory and statistics beside it.
+
+`solution_source` chooses who writes the solutions: the teacher, the seeds' own reference rationales
+(`reference.py`, rows with `teacher: "reference"` in the same format), or both side by side.
 """
+import time
+
 from .backends import Sampling
 from .grading import extract_answer, extract_boxed, is_equivalent
 from .prompts import build_messages, user_message
 from .tir import run_tool_loop
 
 STAGES = {"cot": {"execute": False, "template": "synth_cot"}, "tir": {"execute": True, "template": "synth_tir"}}
+SOLUTION_SOURCES = ("teacher", "reference", "both")
 
 
 def has_prefix_cot(generation, min_words=8):
@@ -95,13 +101,17 @@ def synthesis_stats(rows):
 
 def run_synthesize(run_dir, teacher, executor, questions_file=None, include_seeds=True,
                    seed_benchmarks=("gsm8k:train",), seeds_per_benchmark=None, data_dir=None, seed=0,
-                   stages=None, sampling=None, max_rounds=4, few_shot=0, prompt_dir=None):
+                   stages=None, sampling=None, max_rounds=4, few_shot=0, prompt_dir=None,
+                   solution_source="teacher", reference_blocks="step"):
     """Step 2 of a run: questions -> <run_dir>/synthesize/<stage>.jsonl (+ trajectories, stats.json).
 
     `stages` maps a stage (cot, tir) to samples per question. Questions are the augmented ones
     (`questions_file`, default <run_dir>/augment/questions.jsonl, if it exists) plus, with
-    `include_seeds`, the seed questions themselves.
+    `include_seeds`, the seed questions themselves. `solution_source`: `teacher`, `reference` (one
+    solution per question and stage from the seed's rationale; `teacher` may be None) or `both`.
     """
+    if solution_source not in SOLUTION_SOURCES:
+        raise ValueError(f"parameter 'solution_source' is '{solution_source}', not one of {SOLUTION_SOURCES}")
     from pathlib import Path
 
     from .data import load_many
@@ -120,15 +130,45 @@ def run_synthesize(run_dir, teacher, executor, questions_file=None, include_seed
     record_inputs(run_dir, inputs)
     stages = stages or {"cot": 1, "tir": 1}
     out = Path(run_dir) / "synthesize"
-    all_rows = []
+    all_rows, reference_stats, seed_files = [], {}, []
     for stage, samples in stages.items():
-        teacher.step = f"synthesize-{stage}"
-        rows, raw = synthesize(teacher, questions, executor, stage, samples, sampling, max_rounds, few_shot,
-                               prompt_dir)
+        rows, raw = [], []
+        if solution_source in ("teacher", "both"):
+            teacher.step = f"synthesize-{stage}"
+            rows, raw = synthesize(teacher, questions, executor, stage, samples, sampling, max_rounds, few_shot,
+                                   prompt_dir)
+        if solution_source in ("reference", "both"):
+            more, more_raw, reference_stats[stage] = synthesize_reference(
+                questions, executor, stage, reference_blocks, data_dir, prompt_dir, seed_files)
+            rows, raw = rows + more, raw + more_raw
         write_jsonl(out / f"{stage}.jsonl", rows)
         write_jsonl(out / f"{stage}_trajectories.jsonl", raw)
         all_rows += rows
-    stats = {"questions": len(questions), "stages": synthesis_stats(all_rows), "teacher": teacher.identity,
-             "usage": teacher.usage.to_dict()}
+    record_inputs(run_dir, sorted(set(seed_files)))  # seed splits read for augmented questions' rationales
+    stats = {"questions": len(questions), "stages": synthesis_stats(all_rows), "solution_source": solution_source,
+             "rows_by_source": rows_by_source(all_rows), "teacher": getattr(teacher, "identity", None),
+             "usage": teacher.usage.to_dict() if teacher is not None else None}
+    if reference_stats:
+        stats["reference"] = reference_stats
     write_json(out / "stats.json", stats)
     return stats
+
+
+def synthesize_reference(questions, executor, stage, blocks="step", data_dir=None, prompt_dir=None, inputs=None):
+    """The reference source for one stage -> (rows, raw trajectories, counts with the time it took)."""
+    from .reference import find_seeds, reference_solutions
+
+    started = time.perf_counter()
+    seeds = find_seeds(questions, [q for q in questions if q.get("method", "seed") == "seed"], data_dir, inputs)
+    rows, raw, counts = reference_solutions(questions, seeds, executor, stage, blocks, prompt_dir)
+    counts["seconds"] = round(time.perf_counter() - started, 1)
+    return rows, raw, counts
+
+
+def rows_by_source(rows):
+    """{stage: {teacher identity: rows}}."""
+    counts = {}
+    for row in rows:
+        by_teacher = counts.setdefault(row["stage"], {})
+        by_teacher[row["teacher"]] = by_teacher.get(row["teacher"], 0) + 1
+    return counts

@@ -7,7 +7,7 @@ requests before it in the same call, so k samples of one prompt are k entries.
 
 The cache is an append-only JSONL file. Each response is appended and flushed the moment it arrives, so
 a crash or a kill loses at most the requests in flight, and a re-run pays no call for finished work.
-A line torn by a kill is ignored on read.
+A line torn by a kill is cut off on open (`records.repair_torn_tail`); any other broken line is reported.
 """
 import hashlib
 import json
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backends import Completion, make_backend, submitter
+from .records import read_jsonl, repair_torn_tail
 
 
 @dataclass
@@ -45,22 +46,10 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.entries = {}
         self._lock = threading.Lock()
-        if self.path.exists():
-            with open(self.path) as handle:
-                for line in handle:
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # torn by a kill mid-write
-                    self.entries[entry["key"]] = Completion(**entry["completion"])
-        self._handle = open(self.path, "a")
-        if self.path.stat().st_size and not self._ends_with_newline():
-            self._handle.write("\n")  # start after a torn line, never glued to it
-
-    def _ends_with_newline(self):
-        with open(self.path, "rb") as handle:
-            handle.seek(-1, 2)
-            return handle.read(1) == b"\n"
+        repair_torn_tail(self.path)  # the one JSONL policy: a torn last line is cut, corruption raises
+        for entry in read_jsonl(self.path):
+            self.entries[entry["key"]] = Completion(**entry["completion"])
+        self._handle = open(self.path, "a", encoding="utf-8")
 
     def get(self, key):
         return self.entries.get(key)

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Tests read the benchmark copy shipped inside the package, never a data folder of this machine.
+os.environ.pop("MUMATH_DATA_DIR", None)
 
 
 @pytest.fixture(scope="session")
 def data_dir():
-    folder = Path(os.environ.get("MUMATH_DATA_DIR") or SHARED_DATA)
-    if not (folder / "gsm8k" / "test.jsonl").exists():
-        pytest.skip(f"benchmark data not found at {folder} (set MUMATH_DATA_DIR)")
-    return folder
+    """The shipped data folder (``mumath/benchmark_data``, files gzip-compressed)."""
+    from mumath.data import SHIPPED_DATA
+
+    return SHIPPED_DATA
 
 
 @pytest.fixture(scope="session")

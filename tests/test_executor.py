@@ -9,7 +9,8 @@ from mumath.executor import SandboxPool
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(workers=2, timeout=3, memory_mb=512, max_output_chars=1000) as sandbox:
+    # 5 s: touching 512 MB before the OOM kill takes about a second on a busy 2-core VM.
+    with SandboxPool(workers=2, timeout=5, memory_mb=512, max_output_chars=1000) as sandbox:
         yield sandbox
 
 
@@ -56,11 +57,11 @@ def test_fork_bomb_is_contained(pool):
     from mumath.sandbox_worker import descendants_of
 
     for worker in pool._all:
-        assert descendants_of(worker.process.pid) == [], "every forked process is gone"
+        assert descendants_of(worker.pid) == [], "every forked process is gone"
 
 
 def test_huge_allocation_is_refused(pool):
-    result = run(pool, "x = bytearray(10 * 1024**3)")
+    result = run(pool, "x = b'x' * (10 * 1024**3)")  # touched, so a real-memory limit sees it too
     assert result.error.startswith("MemoryError")
 
 
@@ -77,7 +78,9 @@ def test_killing_the_parent_fails(pool):
 def test_killing_the_caller_fails(pool):
     code = f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)\nprint('sent')"
     result = run(pool, code)
-    assert "PermissionError" in (result.error or "")  # and we are still here to assert it
+    # Landlock refuses the signal; in the sandbox's own pid namespace the caller's pid does not even exist.
+    assert "PermissionError" in (result.error or "") or "ProcessLookupError" in (result.error or "")
+    # and we are still here to assert it
 
 
 def test_writes_outside_its_folder_fail(pool, tmp_path):

@@ -74,6 +74,16 @@ EQUIVALENCE = [
     ("-9867630.0", "-9867630", None, True),
     ("\\frac{9}{4}", "2.25", None, True),
     ("2,25", "2.25", None, False),
+    # multiple choice: gold as a letter or as the option's text; options as a list or one string
+    ("C", "C", "A) 3 B) 5 C) 10", True),
+    ("(C)", "C", "A) 3 B) 5 C) 10", True),
+    ("10", "C", "A) 3 B) 5 C) 10", True),
+    ("10.0", "C", ["3", "5", "10"], True),
+    ("C", "10", ["3", "5", "10"], True),
+    ("\\text{(C)}", "10", ["3", "5", "10"], True),
+    ("B", "C", "A) 3 B) 5 C) 10", False),
+    ("5", "C", ["3", "5", "10"], False),
+    ("(A)", "10", "(A) 3 (B) 5 (C) 10", False),
 ]
 
 
@@ -93,6 +103,12 @@ EXTRACTION = [
     ("she paid 3 then 4 then 12", "12"),
     ("no numbers here", None),
     ("", None),
+    ("**Answer:** 12", "12"),
+    ("Final Answer: $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("**Step 1:** add 3 and 4 to get **7**", "7"),
+    ("\\boxed{\\frac{1}{2}", None),  # cut off inside the box: no boxed answer, and nothing before it
+    ("The answer is 7. Check: \\boxed{\\frac{1}{2}", "7"),  # unclosed box: the next rule decides
+    ("\\boxed{\\frac{\\sqrt{\\boxed{3}}}{2}}", "\\frac{\\sqrt{\\boxed{3}}}{2}"),  # a box in a box: the outer one
 ]
 
 
@@ -117,6 +133,16 @@ def test_grading_works_off_the_main_thread():
     worker.start()
     worker.join()
     assert results == [True]
+
+
+def test_options_string_is_split_at_its_letters():
+    from mumath.grading import split_options
+
+    assert split_options("A) 3 B) 5 C) 10") == ["3", "5", "10"]
+    assert split_options("(A) 1/2 (B) 3 apples (C) none") == ["1/2", "3 apples", "none"]
+    assert split_options("A. 3, B. 5") == ["3", "5"]
+    assert split_options(["A) x", "B) y"]) == ["x", "y"] and split_options(["x", "y"]) == ["x", "y"]
+    assert split_options("Vitamin B) is not a list") == ["Vitamin B) is not a list"]
 
 
 def test_table_is_big_enough():

@@ -1,6 +1,7 @@
 """The papermill runner: validation before anything runs, manifests, reuse, failures, no secrets."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import yaml
 
 from mumath.config import ParamsError, load_params
 from mumath.manifest import sha256_file
+from mumath.records import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY = "sk-mumath-canary-0123456789"
@@ -29,6 +31,7 @@ def tiny(run="tiny", with_data_steps=False, **evaluate):
     if with_data_steps:
         steps["augment"] = dict(methods={"rephrase": 1, "fobar": 1}, max_new_tokens=24)
         steps["synthesize"] = dict(stages={"tir": 1}, max_new_tokens=24, max_rounds=1, exec_workers=1)
+        steps["filter"] = dict(decontaminate_benchmarks=["gsm8k", "svamp"])
         return dict(run=run, seed=0, model="embedded", teacher_model="embedded", seed_benchmarks=["gsm8k:train"],
                     seeds_per_benchmark=1, steps=steps)
     return dict(run=run, seed=0, model="embedded", steps=steps)
@@ -60,20 +63,29 @@ def test_cli_fails_before_running_anything(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_secret_parameters_are_refused(tmp_path):
+@pytest.mark.parametrize("where", ["step", "shared"])
+def test_secret_parameters_are_refused_as_secrets(tmp_path, where):
+    """Refused because it is a credential (not merely an unknown key), and the value is never echoed."""
     from mumath.runner import run
 
-    path = write_params(tmp_path, run="x", steps={"evaluate": {}})
-    params = yaml.safe_load(path.read_text())
-    params["steps"]["evaluate"]["api_key"] = CANARY
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError):
+    params = dict(run="x", steps={"evaluate": {}})
+    if where == "step":
+        params["steps"]["evaluate"]["api_key"] = CANARY
+    else:
+        params["hf_token"] = CANARY
+    path = write_params(tmp_path, **params)
+    with pytest.raises(ParamsError, match="looks like a secret; secrets come from the environment") as error:
         run(path, outputs=tmp_path / "o")
+    assert CANARY not in str(error.value) and not (tmp_path / "o").exists()
 
 
 def test_shipped_params_files_are_valid():
+    """Every params file resolves offline: benchmarks, data (the shipped copy), prompts."""
+    from mumath.check import check_plan
+
     for path in sorted((REPO / "params").glob("*.yaml")):
-        load_params(path)
+        notes = check_plan(path, load_params(path)[1])
+        assert notes and all("benchmark_data" in note for note in notes if "rows from" in note)
 
 
 def run_cli(path, outputs, *extra):
@@ -83,13 +95,14 @@ def run_cli(path, outputs, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # five runs of the runner (three kernels for the first, then reuse and re-runs)
 def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir):
     path = write_params(tmp_path, data_dir=str(data_dir), **tiny(with_data_steps=True))
     first = run_cli(path, tmp_path / "out")
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "out" / "tiny"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and list(manifest["steps"]) == ["augment", "synthesize", "evaluate"]
+    assert manifest["status"] == "completed" and list(manifest["steps"]) == ["augment", "synthesize", "filter", "evaluate"]
     assert all(step["status"] == "completed" for step in manifest["steps"].values())
     questions = [json.loads(line) for line in open(run_dir / "augment" / "questions.jsonl")]
     assert {q["method"] for q in questions} <= {"rephrase", "fobar"} and any(q["method"] == "fobar" for q in questions)
@@ -97,15 +110,21 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert len(solutions) == 1 + len(questions) and all(s["messages"][1]["role"] == "assistant" for s in solutions)
     assert (run_dir / "cache" / "teacher.jsonl").exists()
     assert manifest["git"]["commit"] and manifest["packages"]["transformers"] and manifest["hardware"]["cpus"]
+    funnel = json.loads((run_dir / "filter" / "funnel.json").read_text())
+    assert funnel["stages"]["tir"]["input"] == len(solutions) and (run_dir / "filter" / "stage2.jsonl").exists()
     assert manifest["seeds"] == {"augment": 0, "synthesize": 0, "evaluate": 0} and manifest["params"]["evaluate"]["limit"] == 1
-    data_file = str(Path(data_dir, "gsm8k", "test.jsonl").resolve())
+    data_file = str(Path(data_dir, "gsm8k", "test.jsonl.gz").resolve())
     assert manifest["inputs"][data_file] == sha256_file(data_file)
+    assert manifest["steps"]["evaluate"]["data"]["mumath/benchmark_data/gsm8k/test.jsonl.gz"] == "shipped"
     assert str(path.resolve()) in manifest["inputs"]
     for benchmark in ("gsm8k", "svamp"):
         metrics = json.loads((run_dir / "evaluate" / benchmark / "tir" / "metrics.json").read_text())
-        assert metrics["n"] == 1
+        assert metrics["n"] == 1 and metrics["contaminated"] is False
     executed = run_dir / "06_evaluate.ipynb"
-    assert json.loads(executed.read_text())["cells"][2]["outputs"] is not None
+    table_cell = next(c for c in json.loads(executed.read_text())["cells"] if "table = pd.DataFrame" in "".join(c["source"]))
+    assert any("text/html" in output.get("data", {}) for output in table_cell["outputs"]), "the accuracy table was shown"
+    for text in (first.stdout, first.stderr):
+        assert "KeyboardInterrupt" not in text and "without encryption" not in text, "a clean run prints no alarm"
     for file in run_dir.rglob("*"):
         if file.is_file():
             assert CANARY not in file.read_text(errors="ignore"), f"secret leaked into {file}"
@@ -116,10 +135,22 @@ def test_full_run_manifest_reuse_and_no_secrets(tmp_path, data_dir, embedded_dir
     assert executed.stat().st_mtime == stamp
     assert {step["status"] for step in json.loads((run_dir / "manifest.json").read_text())["steps"].values()} == {"reused"}
 
-    forced = run_cli(path, tmp_path / "out", "--force", "--only", "synthesize")
+    trajectories = run_dir / "evaluate" / "gsm8k" / "tir" / "trajectories.jsonl"
+    trajectories.write_text(trajectories.read_text()[:-20])  # torn by a kill after the step finished
+    torn = run_cli(path, tmp_path / "out", "--only", "evaluate")
+    assert torn.returncode == 0 and "evaluate: finished before" not in torn.stdout, "torn outputs are never reused"
+    assert "incomplete" in torn.stdout and "trajectories.jsonl" in torn.stdout
+    metrics = json.loads((run_dir / "evaluate" / "gsm8k" / "tir" / "metrics.json").read_text())
+    assert metrics["n"] == 1 and len(read_jsonl(trajectories)) == 1, "metrics recomputed from what is on disk"
+
+    forced = run_cli(path, tmp_path / "out", "--force", "--only", "augment")
     assert forced.returncode == 0, forced.stderr[-3000:]
-    usage = json.loads((run_dir / "synthesize" / "stats.json").read_text())["usage"]
+    usage = json.loads((run_dir / "augment" / "stats.json").read_text())["usage"]
     assert usage["requests"] == 0 and usage["cache_hits"] > 0, "a forced re-run pays no teacher call"
+    downstream = run_cli(path, tmp_path / "out", "--only", "synthesize")
+    assert downstream.returncode == 0 and "synthesize: finished before" not in downstream.stdout, \
+        "augment changed: synthesize re-runs"
+    assert "inputs changed" in downstream.stdout
 
 
 @pytest.mark.slow
@@ -127,11 +158,196 @@ def test_failing_step_keeps_its_notebook_and_earlier_outputs(tmp_path, data_dir,
     run_dir = tmp_path / "out" / "broken"
     run_dir.mkdir(parents=True)
     (run_dir / "earlier.txt").write_text("keep me")
-    path = write_params(tmp_path, data_dir=str(data_dir), **tiny(run="broken", benchmarks=["no-such-benchmark"]))
+    params = tiny(run="broken")
+    params["model"] = str(tmp_path / "no-such-model")
+    path = write_params(tmp_path, **params)
     result = run_cli(path, tmp_path / "out")
-    assert result.returncode == 1 and "step failed" in result.stderr
+    assert result.returncode == 1
+    assert f"error: step failed: ModelNotFoundError: model folder {tmp_path / 'no-such-model'} does not exist" \
+        in result.stderr, "the real exception, not a slice of papermill's traceback"
     assert (run_dir / "earlier.txt").read_text() == "keep me"
     assert (run_dir / "06_evaluate.ipynb").exists(), "the partly executed notebook stays for inspection"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["steps"]["evaluate"]["status"] == "failed"
-    assert "no-such-benchmark" in manifest["steps"]["evaluate"]["error"]
+    assert manifest["steps"]["evaluate"]["error"].startswith("ModelNotFoundError: model folder")
+
+
+def test_a_failing_step_reports_the_notebooks_exception():
+    from papermill.exceptions import PapermillExecutionError
+
+    from mumath.runner import describe_failure
+
+    error = PapermillExecutionError(cell_index=3, exec_count=3, source="run_evaluation(...)", ename="DataError",
+                                    evalue="unknown benchmark 'gsm8kk'; known: ['gsm8k']",
+                                    traceback=["\x1b[0;31m---------\x1b[0m", "DataError: ..."] * 40)
+    assert describe_failure(error) == "DataError: unknown benchmark 'gsm8kk'; known: ['gsm8k']"
+
+
+# --- check: what the parameters point at, before anything runs ------------------------------------------
+
+def check_cli(path, capsys):
+    from mumath.runner import main
+
+    code = main(["check", str(path)])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("evaluate,message", [
+    ({"benchmarks": ["gsm8kk"]}, "'steps.evaluate.benchmarks': 'gsm8kk': unknown benchmark 'gsm8kk'; known:"),
+    ({"benchmarks": ["gsm8k:validation"]}, "has no split 'validation'"),
+    ({"benchmarks": ["mine"], "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/nope/x.jsonl"}},
+                                                           "question": "q", "answer": "a"}}},
+     "no local copy \\(looked in: /nope/x.jsonl\\)"),
+    ({"benchmarks": ["mine"], "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/x.jsonl"}},
+                                                           "question": "q", "answer": "a",
+                                                           "answer_parser": "after_hsh"}}},
+     "'after_hsh' is not one of"),
+    ({"prompt_dir": "/no/such/prompts"}, "prompt folder /no/such/prompts does not exist"),
+])
+def test_check_resolves_what_it_can_without_a_model(tmp_path, capsys, evaluate, message):
+    path = write_params(tmp_path, run="x", steps={"evaluate": evaluate})
+    code, out = check_cli(path, capsys)
+    assert code == 2 and re.search(message, out.err) and str(path) in out.err
+
+
+def test_check_reads_local_rows_and_names_the_bad_line(tmp_path, capsys):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"q": "1", "a": "#### 1"}\n{"q": "2", "answer": "#### 2"}\n')
+    entry = {"splits": {"test": {"local": str(data)}}, "question": "q", "answer": "a", "answer_parser": "after_hash"}
+    path = write_params(tmp_path, run="x", steps={"evaluate": {"benchmarks": ["mine"], "extra_benchmarks": {"mine": entry}}})
+    code, out = check_cli(path, capsys)
+    assert code == 2 and f"{data}:2: field 'a' missing" in out.err
+    data.write_text('{"q": "1", "a": "#### 1"}\n')
+    code, out = check_cli(path, capsys)
+    assert code == 0 and "mine: 1 rows from" in out.out
+
+
+def test_check_finds_missing_prompt_templates(tmp_path, capsys):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "tir.txt").write_text("{question}")
+    path = write_params(tmp_path, run="x", steps={"evaluate": {"prompt_dir": str(prompts), "modes": ["tir", "cot"]}})
+    code, out = check_cli(path, capsys)
+    assert code == 2 and "lacks ['cot.txt']" in out.err
+
+
+# --- reuse: same parameters, notebook, package code and inputs, and intact outputs ------------------------
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """A run folder where augment and synthesize finished (their outputs on disk, their manifest entries)."""
+    from mumath.manifest import folder_hashes
+    from mumath.runner import step_fingerprint
+
+    run_dir = tmp_path / "run"
+    (run_dir / "augment").mkdir(parents=True)
+    (run_dir / "augment" / "questions.jsonl").write_text('{"id": "q", "question": "What is 1+1?"}\n')
+    (run_dir / "synthesize").mkdir()
+    (run_dir / "synthesize" / "tir.jsonl").write_text('{"id": "q/tir/0"}\n{"id": "q/tir/1"}\n')
+    params = {"stages": {"tir": 1}}
+    entry = {"status": "completed", "fingerprint": step_fingerprint("synthesize", params, run_dir),
+             "outputs": folder_hashes(run_dir / "synthesize"), "recorded_inputs": []}
+    return run_dir, params, entry
+
+
+def test_reuse_when_nothing_changed(finished_run):
+    from mumath.runner import reuse_verdict
+
+    run_dir, params, entry = finished_run
+    assert reuse_verdict(run_dir, "synthesize", params, entry) == (True, None)
+    assert reuse_verdict(run_dir, "synthesize", {"stages": {"tir": 2}}, entry)[0] is False
+
+
+def test_no_reuse_after_an_upstream_step_changed(finished_run):
+    from mumath.runner import reuse_verdict
+
+    run_dir, params, entry = finished_run
+    (run_dir / "augment" / "questions.jsonl").write_text('{"id": "q", "question": "What is 2+2?"}\n')
+    reusable, why = reuse_verdict(run_dir, "synthesize", params, entry)
+    assert not reusable and "inputs changed" in why
+
+
+def test_no_reuse_after_a_recorded_input_changed(finished_run, tmp_path):
+    from mumath.runner import reuse_verdict, step_fingerprint
+
+    run_dir, params, entry = finished_run
+    data = tmp_path / "seeds.jsonl"
+    data.write_text("{}\n")
+    entry["recorded_inputs"] = [str(data)]
+    entry["fingerprint"] = step_fingerprint("synthesize", params, run_dir, [str(data)])
+    assert reuse_verdict(run_dir, "synthesize", params, entry)[0]
+    data.write_text('{"changed": 1}\n')
+    assert not reuse_verdict(run_dir, "synthesize", params, entry)[0]
+
+
+def test_no_reuse_after_the_package_code_changed(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    import mumath.manifest
+    from mumath.runner import reuse_verdict
+
+    run_dir, params, entry = finished_run
+    package = tmp_path / "mumath"
+    shutil.copytree(Path(mumath.manifest.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(mumath.manifest, "__file__", str(package / "manifest.py"))
+    assert reuse_verdict(run_dir, "synthesize", params, entry)[0], "an identical copy is the same code"
+    (package / "grading.py").write_text((package / "grading.py").read_text() + "\n# changed\n")
+    assert not reuse_verdict(run_dir, "synthesize", params, entry)[0]
+
+
+@pytest.mark.parametrize("damage", ["torn", "missing", "edited"])
+def test_no_reuse_of_torn_or_incomplete_outputs(finished_run, damage):
+    from mumath.runner import reuse_verdict
+
+    run_dir, params, entry = finished_run
+    output = run_dir / "synthesize" / "tir.jsonl"
+    if damage == "torn":
+        output.write_text(output.read_text()[:-8])
+    elif damage == "missing":
+        output.unlink()
+    else:
+        output.write_text('{"id": "q/tir/0"}\n')
+    reusable, why = reuse_verdict(run_dir, "synthesize", params, entry)
+    assert not reusable and "tir.jsonl" in why
+
+
+def test_a_new_steps_inputs_are_found_without_declaring_them(finished_run):
+    """Any step's fingerprint covers the output folders of every step before it in config.STEPS."""
+    from mumath.runner import input_hashes
+
+    run_dir, _, _ = finished_run
+    assert set(input_hashes(run_dir, "filter")) == {"augment/", "synthesize/"}
+    assert set(input_hashes(run_dir, "augment")) == set()
+
+
+# --- run folders and the kernel ---------------------------------------------------------------------
+
+def test_relative_run_dirs_land_under_the_projects_outputs(tmp_path, monkeypatch):
+    """`make lab` opens notebooks/: a notebook run there must still write to ./outputs/<run>."""
+    from mumath.config import resolve_run_dir
+
+    monkeypatch.chdir(REPO / "notebooks")
+    assert resolve_run_dir("outputs/notebook-dev") == REPO / "outputs" / "notebook-dev"
+    assert resolve_run_dir(str(tmp_path)) == tmp_path
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        assert "run_dir = resolve_run_dir(run_dir)" in notebook.read_text(), notebook.name
+
+
+def test_a_clean_notebook_run_prints_no_alarm(tmp_path):
+    """jupyter_client interrupts even an idle kernel before shutting it down (ipykernel then logs
+    'KeyboardInterrupt caught in kernel'), and ipykernel warns about unencrypted TCP: neither may appear."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell("print(x + 1)")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "n.ipynb")
+    code = ("from mumath.runner import run_notebook; import sys; "
+            f"run_notebook({str(tmp_path / 'n.ipynb')!r}, {str(tmp_path / 'o.ipynb')!r}, {{'x': 41}})")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "42" in (tmp_path / "o.ipynb").read_text()
+    for text in (out.stdout, out.stderr):
+        assert "KeyboardInterrupt" not in text and "without encryption" not in text, text[-2000:]
+

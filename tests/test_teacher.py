@@ -83,15 +83,52 @@ def test_server_teacher_rerun_is_free(llama_server, tmp_path):
     assert teacher.usage.requests == 0
 
 
+def chat_code_examples(question):
+    """Solved turns the 135M model copies (greedy): it answers with a code block and the output marker."""
+    messages = []
+    for a, b in [(2, 3), (4, 5), (6, 7)]:
+        messages += [{"role": "user", "content": f"Compute {a} * {b} with Python."},
+                     {"role": "assistant", "content": f"```python\nprint({a} * {b})\n```\n```output\n{a * b}\n```\n"
+                                                      f"The answer is {a * b}."}]
+    return messages + [{"role": "user", "content": question}]
+
+
 @pytest.mark.server
 def test_chat_backend_drives_the_tool_loop(llama_server):
     backend = OpenAIChatBackend(llama_server.base_url, "embedded", progress=False)
-    prompt = backend.format_prompt([{"role": "user", "content": "Write Python that prints 6*7, in a ```python block."}])
+    prompt = backend.format_prompt(chat_code_examples("Compute 8 * 9 with Python."))
     with SandboxPool(workers=1, timeout=5) as pool:
         [t] = run_tool_loop(backend, [prompt], pool, Sampling(max_new_tokens=64), max_rounds=1)
-    assert t.completion_tokens > 0 and t.generation
-    for execution in t.executions:
-        assert f"```output\n{execution['output']}\n```" in t.generation
+    assert t.completion_tokens > 0 and len(t.executions) == 1 and t.rounds == 2
+    assert t.executions[0]["output"] == "72" and "```output\n72\n```" in t.generation
+
+
+def test_chat_backend_continues_the_partial_reply_in_place():
+    """`continue_final_message`: the partial reply goes back as the last assistant message, and vLLM /
+    SGLang are asked to continue it rather than to start a new turn."""
+    import asyncio
+    from types import SimpleNamespace
+
+    sent = []
+
+    async def create(**kwargs):
+        sent.append(kwargs)
+        message = SimpleNamespace(content=" 42.")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason="stop")],
+                               usage=SimpleNamespace(prompt_tokens=3, completion_tokens=2))
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    question = [{"role": "user", "content": "What is 6*7?"}]
+    for flag in (True, False):
+        backend = OpenAIChatBackend("http://127.0.0.1:1/v1", "m", continue_final_message=flag, progress=False)
+        partial = backend.format_prompt(question) + "It is"
+        completion = asyncio.run(backend._request(client, partial, Sampling(), [], 0))
+        assert completion.text == " 42." and completion.completion_tokens == 2
+        assert sent[-1]["messages"][-1] == {"role": "assistant", "content": "It is"}
+        assert sent[-1].get("extra_body") == ({"continue_final_message": True, "add_generation_prompt": False}
+                                              if flag else None)
+    asyncio.run(backend._request(client, backend.format_prompt(question), Sampling(), [], 0))
+    assert sent[-1]["messages"] == question and "extra_body" not in sent[-1], "nothing to continue: a new turn"
 
 
 @pytest.mark.server
@@ -106,7 +143,9 @@ def test_server_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     outcome = {}
 
     def first_run():
-        backend = OpenAIBackend(server.base_url, "embedded", max_concurrency=2, max_retries=0, timeout=30,
+        # generous timeouts: on a loaded machine the CPU server can take minutes per request, and a timed-out
+        # request would end the first run before any response is cached
+        backend = OpenAIBackend(server.base_url, "embedded", max_concurrency=2, max_retries=0, timeout=300,
                                 progress=False, tokenizer=load_tokenizer("embedded"))
         try:
             outcome["records"] = augment(seeds, Teacher(backend, cache), {"rephrase": 1}, sampling)
@@ -116,7 +155,7 @@ def test_server_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     try:
         thread = threading.Thread(target=first_run)
         thread.start()
-        deadline = time.time() + 120
+        deadline = time.time() + 900
         while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 3):
             time.sleep(0.05)
         server.stop()  # the crash

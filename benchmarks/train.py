@@ -1,0 +1,146 @@
+"""SFT throughput: our trainer (TRL SFTTrainer, `mumath.sft.build_trainer`) vs a plain transformers `Trainer`.
+
+    python benchmarks/train.py [--examples 48] [--finetune full lora] [--device cpu] [--batch-size 8]
+
+Same data (GSM8K training rationales as CoT solutions in the evaluation format, loss-masked by
+`mumath.train`), same model (the embedded one unless `--model`), same device, one epoch each, in one process
+so that machine load hits every arm alike. Arms per fine-tuning mode:
+- `plain`: `transformers.Trainer`, random order, `DataCollatorForSeq2Seq` padding to the batch maximum;
+- `padded`: ours with batches of similar lengths (`train_sampling_strategy=group_by_length`);
+- `packed`: ours with best-fit-decreasing packing, padding-free (`position_ids`), one packed row of
+  `--max-length` tokens per step (flash attention on a GPU when installed; sdpa otherwise).
+Tokens/s counts real (non-pad) tokens over the time spent in training steps. Writes
+benchmarks/results/train-<device>.json, with MFU on a GPU.
+"""
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mumath.data import load_benchmark  # noqa: E402
+from mumath.models import load_tokenizer, resolve_model_path  # noqa: E402
+from mumath.sft import (CountingCollator, TrainConfig, build_trainer, device_kind, lora_config,  # noqa: E402
+                        make_callbacks, mfu, peak_memory_gb, resolve_attention, resolve_precision, torch_dtype)
+from mumath.train import build_examples  # noqa: E402
+
+
+def gsm8k_cot_rows(count, seed, data_dir=None):
+    """GSM8K training rationales, `<<...>>` annotations removed, ending in \\boxed{answer}."""
+    import re
+
+    records = load_benchmark("gsm8k", "train", data_dir=data_dir, limit=count, seed=seed)
+    rows = []
+    for record in records:
+        rationale = record["meta"]["answer"]  # the full GSM8K answer field: rationale, then "#### answer"
+        body = re.sub(r"<<[^>]*>>", "", rationale.split("####")[0]).strip()
+        rows.append({"id": record["id"], "question": record["question"],
+                     "messages": [{"role": "assistant", "content": f"{body}\nThe answer is \\boxed{{{record['answer']}}}."}]})
+    return rows
+
+
+def plain_trainer(config, examples, tokenizer, init_path, out, device):
+    """What one writes first: transformers' Trainer, padding every batch to its longest sequence."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    precision = resolve_precision(config.precision, device)
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=config.per_device_batch_size,
+                             num_train_epochs=config.epochs, learning_rate=config.learning_rate,
+                             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+                             save_strategy="no", logging_steps=1, report_to=[], seed=config.seed)
+    model = AutoModelForCausalLM.from_pretrained(init_path, dtype=torch_dtype("fp32"),
+                                                 attn_implementation=resolve_attention("auto", device))
+    if config.finetune == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(config))
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    counter = CountingCollator(collator, tokenizer.pad_token_id)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(examples), data_collator=counter)
+    for callback in make_callbacks(Path(out) / "log.jsonl", counter):
+        trainer.add_callback(callback)
+    return trainer, counter
+
+
+def run_arm(name, make, device):
+    trainer, counter = make()
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    params = sum(p.numel() for p in trainer.model.parameters())
+    tokens_per_second = counter.tokens / counter.step_seconds
+    result = {"tokens_per_second": round(tokens_per_second, 1), "tokens": counter.tokens,
+              "positions": counter.positions, "padding_share": round(1 - counter.tokens / counter.positions, 3),
+              "steps": trainer.state.global_step, "step_seconds": round(counter.step_seconds, 1),
+              "seconds": round(seconds, 1), "final_loss": trainer.state.log_history[-2].get("loss"),
+              "peak_memory_gb": peak_memory_gb(device), "mfu": mfu(params, tokens_per_second, device)}
+    print(f"{name}: {json.dumps(result)}", flush=True)
+    del trainer
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=48)
+    parser.add_argument("--finetune", nargs="+", default=["full", "lora"])
+    parser.add_argument("--arms", nargs="+", default=["plain", "padded", "packed"])
+    parser.add_argument("--batch-size", type=int, default=8, help="per-device batch of the padded arms")
+    parser.add_argument("--max-length", type=int, default=2048, help="packed row length (and length limit)")
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = args.device or device_kind()
+    init_path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(init_path)
+    tokenizer.padding_side = "right"
+    examples, stats = build_examples(gsm8k_cot_rows(args.examples, args.seed), tokenizer, "cot", args.max_length)
+    random.Random(args.seed).shuffle(examples)
+    print(f"{len(examples)} examples, {stats.tokens} tokens, longest {stats.longest}", flush=True)
+    results = {}
+    for finetune in args.finetune:
+        learning_rate = 2e-5 if finetune == "full" else 2e-4
+        for arm in args.arms:
+            packed = arm == "packed"
+            batch = 1 if packed else args.batch_size
+            config = TrainConfig(output_dir="unused", data="unused", finetune=finetune, epochs=1.0,
+                                 learning_rate=learning_rate, global_batch_size=batch, per_device_batch_size=batch,
+                                 max_length=args.max_length, packing=packed, warmup_ratio=0.0, seed=args.seed,
+                                 save_steps=10**6)
+            with tempfile.TemporaryDirectory() as out:
+                if arm == "plain":
+                    make = lambda: plain_trainer(config, examples, tokenizer, init_path, out, device)  # noqa: E731
+                else:
+                    make = lambda: build_trainer(config, examples, tokenizer, init_path, out, device)[:2]  # noqa: E731
+                results[f"{finetune}-{arm}"] = run_arm(f"{finetune}-{arm}", make, device)
+    ratios = {}
+    for finetune in args.finetune:
+        plain = results.get(f"{finetune}-plain")
+        for arm in ("padded", "packed"):
+            if plain and f"{finetune}-{arm}" in results:
+                ratios[f"{finetune}: {arm} / plain"] = round(
+                    results[f"{finetune}-{arm}"]["tokens_per_second"] / plain["tokens_per_second"], 2)
+    import os
+
+    import torch
+
+    report = {"device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+              "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "model": args.model,
+              "examples": len(examples), "data_tokens": stats.tokens, "longest": stats.longest,
+              "batch_size": args.batch_size, "max_length": args.max_length,
+              "attention": resolve_attention("auto", device), "arms": results, "ratios": ratios,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"train-{device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(ratios, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

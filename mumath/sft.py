@@ -1,0 +1,558 @@
+"""Supervised fine-tuning, steps 4 (stage 1: CoT) and 5 (stage 2: code-nested), with TRL's `SFTTrainer`.
+
+One function per concern: the configuration (`TrainConfig`, validated), the model (full / LoRA / QLoRA),
+the trainer (packing or padding, checkpoints, logs), the final folder (plain safetensors, LoRA merged,
+tokenizer and chat template: what evaluation and vLLM load), and the launcher (in-process, or
+`accelerate launch` for several processes: DeepSpeed ZeRO-3, FSDP2, or gloo on CPU).
+
+Examples are pre-tokenized with their loss mask (`mumath.train`); TRL keeps a given `labels` column as is,
+through packing too. Stage 2 starts from stage 1's final folder, which is always a merged, plain model:
+with LoRA the stage-1 adapter is merged first and stage 2 trains a new adapter.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .records import append_jsonl, read_jsonl, write_json, write_jsonl
+
+FINETUNE_MODES = ("full", "lora", "qlora")
+PROMPT_MODES = ("cot", "tir")
+# Packing (best-fit decreasing, padding-free) per device. Measured on CPU (benchmarks/results/train-cpu.json):
+# one packed row of 1024 tokens per step beats padded batches of 4 (no padding; sdpa attends the row as a
+# whole, which costs little next to the MLPs at this length), so keep per_device_batch_size 1 when packing
+# there. On a GPU, flash attention attends each packed sequence on its own (varlen); not measured here.
+AUTO_PACKING = {"cpu": True, "cuda": True}
+# Dense bf16/fp16 tensor-core peak, FLOP/s, for MFU (first matching name wins).
+PEAK_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("A10", 125e12),
+              ("L4", 121e12), ("V100", 125e12), ("T4", 65e12)]
+CONFIG_FILE, FINAL, STATS, LOG = "train_config.json", "final", "stats.json", "log.jsonl"
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    data: str
+    init_model: str = "embedded"
+    mode: str = "cot"                 # prompt format the model is trained (and evaluated) in: cot | tir
+    finetune: str = "full"            # full | lora | qlora
+    epochs: float = 3.0
+    max_steps: int = -1               # > 0 overrides epochs
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.03        # share of the steps (transformers 5: warmup_steps < 1 is a ratio)
+    weight_decay: float = 0.0
+    global_batch_size: int = 128      # = per-device x accumulation x processes; accumulation is computed
+    per_device_batch_size: int = 1
+    max_length: int = 2048
+    packing: object = None            # True | False | None: per device (AUTO_PACKING)
+    group_by_length: bool = True       # padded batches: draw batches of similar lengths (less padding)
+    gradient_checkpointing: bool = False
+    precision: str = "auto"           # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: object = None  # None: every linear layer ("all-linear")
+    save_steps: int = 50
+    save_total_limit: int = 2
+    limit: object = None              # train on the first `limit` rows only (quick runs)
+    seed: int = 0
+    prompt_dir: object = None
+
+    def validate(self):
+        if self.finetune not in FINETUNE_MODES:
+            raise TrainConfigError(f"parameter 'finetune' is '{self.finetune}'; one of {FINETUNE_MODES}")
+        if self.mode not in PROMPT_MODES:
+            raise TrainConfigError(f"parameter 'mode' is '{self.mode}'; one of {PROMPT_MODES}")
+        if self.packing not in (True, False, None):
+            raise TrainConfigError(f"parameter 'packing' is {self.packing!r}; true, false or null (per device)")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise TrainConfigError(f"parameter 'precision' is '{self.precision}'; auto, bf16, fp16 or fp32")
+        for name in ("global_batch_size", "per_device_batch_size", "max_length", "save_steps"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"parameter '{name}' must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise TrainConfigError(f"parameter 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
+        return self
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrainConfigError(f"unknown training parameter(s) {sorted(unknown)}")
+        return cls(**data).validate()
+
+
+# ---------------------------------------------------------------- device, batch, precision
+
+def device_kind():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def world_size():
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(global_batch_size, per_device_batch_size, processes):
+    """Gradient accumulation that makes the global batch; it must divide evenly (no silent rounding)."""
+    per_step = per_device_batch_size * processes
+    if global_batch_size % per_step:
+        raise TrainConfigError(
+            f"parameter 'global_batch_size' ({global_batch_size}) is not a multiple of per_device_batch_size "
+            f"({per_device_batch_size}) x processes ({processes}) = {per_step}")
+    return global_batch_size // per_step
+
+
+def resolve_precision(precision, device):
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def resolve_attention(attn_implementation, device):
+    if attn_implementation != "auto":
+        return attn_implementation
+    if device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_packing(packing, device):
+    return AUTO_PACKING[device] if packing is None else bool(packing)
+
+
+# ---------------------------------------------------------------- model
+
+def lora_config(config):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules or "all-linear", bias="none",
+                      task_type="CAUSAL_LM")
+
+
+def qlora_quantization(compute_dtype="bf16"):
+    """The QLoRA recipe: 4-bit NF4 weights, double quantization, bf16 compute (fp16 on GPUs without bf16)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}
+                                                             .get(compute_dtype, "bfloat16")))
+
+
+def check_qlora_device(device):
+    if device != "cuda":
+        raise TrainConfigError(
+            "parameter 'finetune' is 'qlora', which needs a CUDA GPU (bitsandbytes 4-bit NF4 kernels); this "
+            "machine has none. Use finetune 'lora' or 'full' here, or run on a GPU (params/colab-t4-qlora.yaml)")
+
+
+def torch_dtype(precision):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_base_model(config, path, precision, attention):
+    """The model to train: plain (full / LoRA) or 4-bit and prepared for k-bit training (QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"attn_implementation": attention}
+    if config.finetune == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        kwargs["quantization_config"] = qlora_quantization(precision)
+        kwargs["dtype"] = torch_dtype(precision)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        # SFTTrainer does not do this for us: casts norms to fp32, enables input grads (+ checkpointing).
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16).
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("fp32") if config.finetune == "full"
+                                                else torch_dtype(precision if precision != "fp16" else "fp32"),
+                                                **kwargs)
+
+
+# ---------------------------------------------------------------- provenance
+
+def fingerprint(config, data_path, init_path):
+    """sha256 over the configuration (minus bookkeeping) and the data and initial model it reads."""
+    from .manifest import sha256_path
+
+    settings = {key: value for key, value in asdict(config).items()
+                if key not in ("output_dir", "save_steps", "save_total_limit")}
+    blob = {"config": settings, "data": sha256_path(data_path),
+            "init_model": sha256_path(init_path) if Path(init_path).exists() else str(init_path)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def latest_checkpoint(folder):
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint cut by a
+    kill while saving has none and is skipped."""
+    checkpoints = sorted((p for p in Path(folder).glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                         key=lambda p: int(p.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def prepare_output(out, print_fn=print, digest=None):
+    """Keep checkpoints only when they come from this very configuration and data; else start clean."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / CONFIG_FILE
+    previous = json.loads(config_file.read_text()).get("fingerprint") if config_file.exists() else None
+    if previous is not None and previous != digest:
+        print_fn(f"[train] {out}: configuration, data or initial model changed; discarding old checkpoints")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / LOG).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- logging and counting
+
+def make_callbacks(log_path, counter):
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """Loss and learning rate per step -> log.jsonl (rank 0); a resume drops the lines it will redo."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and log_path.exists():
+                write_jsonl(log_path, [record for record in read_jsonl(log_path)
+                                       if record.get("step", 0) <= state.global_step])
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record = {"step": state.global_step, "epoch": state.epoch, **logs, "time": time.time()}
+                append_jsonl(log_path, [record])
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            counter.step_started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            counter.step_seconds += time.perf_counter() - counter.step_started
+
+    return [JsonlLog(), Timing()]
+
+
+class CountingCollator:
+    """Wraps the trainer's collator: counts real tokens and padded positions of every batch it builds."""
+
+    def __init__(self, collator, pad_token_id):
+        self.collator, self.pad_token_id = collator, pad_token_id
+        self.tokens = self.positions = 0
+        self.step_seconds, self.step_started = 0.0, 0.0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.positions += batch["input_ids"].numel()
+        if "attention_mask" in batch:
+            self.tokens += int(batch["attention_mask"].sum())
+        else:  # padding-free: one packed row, every position is a real token
+            self.tokens += batch["input_ids"].numel()
+        return batch
+
+
+def reduce_counts(counter):
+    """Sum the per-process counts over all processes (tokens/s of the whole job)."""
+    import torch
+    import torch.distributed as dist
+
+    counts = torch.tensor([counter.tokens, counter.positions], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        counts = counts.to("cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(counts)
+    return int(counts[0]), int(counts[1])
+
+
+def peak_memory_gb(device):
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB -> GiB (Linux)
+
+
+def mfu(params, tokens_per_second, device):
+    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted)."""
+    import torch
+
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    if peak is None:
+        return None
+    return round(6 * params * tokens_per_second / (peak * world_size()), 4)
+
+
+# ---------------------------------------------------------------- training
+
+def sft_arguments(config, out, settings):
+    from trl import SFTConfig
+
+    packing, precision = settings["packing"], settings["precision"]
+    return SFTConfig(
+        output_dir=str(Path(out) / "checkpoints"), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+        max_length=config.max_length, packing=packing, packing_strategy="bfd", padding_free=packing,
+        train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
+        ddp_find_unused_parameters=False if settings["processes"] > 1 else None)
+
+
+def trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class MuMathSFTTrainer(SFTTrainer):
+        """SFTTrainer, with the model's own loss where TRL's fused LM head has no fast kernel.
+
+        TRL 1.16 always computes the loss through a fused, chunked LM head (Triton on GPUs). Without Triton
+        (CPU) it falls back to a tiled Python kernel over every position, which took two thirds of a step in a
+        profile on the embedded model. There the model computes its own loss from `labels` (same value: sum
+        over target tokens / `num_items_in_batch`); TRL's entropy and token-accuracy metrics are not logged.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if inputs["input_ids"].device.type == "cuda":
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return MuMathSFTTrainer
+
+
+def build_trainer(config, examples, tokenizer, init_path, out, device=None):
+    """The SFTTrainer for pre-tokenized examples, with a token-counting collator and the JSONL log.
+
+    Returns (trainer, counter, settings); `benchmarks/train.py` builds its trainers here too.
+    """
+    from datasets import Dataset
+
+    device = device or device_kind()
+    settings = {"device": device, "processes": world_size(),
+                "precision": resolve_precision(config.precision, device),
+                "packing": resolve_packing(config.packing, device),
+                "attention": resolve_attention(config.attn_implementation, device)}
+    settings["gradient_accumulation_steps"] = accumulation_steps(
+        config.global_batch_size, config.per_device_batch_size, settings["processes"])
+    settings["group_by_length"] = config.group_by_length and not settings["packing"]
+    # Arguments before the model: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
+    args = sft_arguments(config, out, settings)
+    model = load_base_model(config, init_path, settings["precision"], settings["attention"])
+    if settings["group_by_length"]:
+        examples = [dict(example, length=len(example["input_ids"])) for example in examples]
+    dataset = Dataset.from_list(examples)
+    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=lora_config(config) if config.finetune != "full" else None)
+    counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
+    trainer.data_collator = counter
+    for callback in make_callbacks(Path(out) / LOG, counter):
+        trainer.add_callback(callback)
+    return trainer, counter, settings
+
+
+def train(config, print_fn=print):
+    """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
+    from .models import load_tokenizer, resolve_model_path
+    from .records import write_json
+    from .train import build_examples, ensure_chat_template, load_rows
+
+    config.validate()
+    device = device_kind()
+    if config.finetune == "qlora":
+        qlora_quantization()  # build and validate the quantization config even where it cannot run
+        check_qlora_device(device)
+    out = Path(config.output_dir)
+    init_path = resolve_model_path(config.init_model)
+    digest = fingerprint(config, config.data, init_path)
+    final = out / FINAL
+    done = final / "mumath_train.json"
+    if done.exists() and (out / STATS).exists() and json.loads(done.read_text()).get("fingerprint") == digest:
+        print_fn(f"[train] {final} was trained with this configuration and data; reusing it")
+        return json.loads((out / STATS).read_text())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        prepare_output(out, print_fn, digest)
+        write_json(out / CONFIG_FILE, {"fingerprint": digest, "config": asdict(config), "init_path": init_path})
+
+    tokenizer = load_tokenizer(init_path)
+    tokenizer.padding_side = "right"
+    if ensure_chat_template(tokenizer):
+        print_fn(f"[train] {init_path} has no chat template; using mumath.train.FALLBACK_CHAT_TEMPLATE")
+    rows = load_rows(config.data)
+    rows = rows[:config.limit] if config.limit else rows
+    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
+                                          source=str(config.data))
+    if not examples:
+        raise TrainConfigError(f"{config.data}: none of its {len(rows)} rows fits max_length {config.max_length}")
+    trainer, counter, settings = build_trainer(config, examples, tokenizer, init_path, out, device)
+
+    resume = latest_checkpoint(out / "checkpoints")
+    if resume is not None:
+        print_fn(f"[train] resuming from {resume}")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    tokens, positions = reduce_counts(counter)
+
+    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in trainer.model.parameters())
+    tokens_per_second = tokens / counter.step_seconds if counter.step_seconds else 0.0
+    stats = {
+        "stage_dir": str(out), "init_model": str(config.init_model), "data": str(config.data),
+        "finetune": config.finetune, "mode": config.mode, **settings,
+        "global_batch_size": config.global_batch_size, "per_device_batch_size": config.per_device_batch_size,
+        "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "resumed_from": resume.name if resume else None,
+        "train_loss": result.training_loss, "final_loss": last_logged_loss(trainer.state.log_history),
+        "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
+        "padding_share": round(1 - tokens / positions, 4) if positions else 0.0,
+        "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
+        "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
+        "trainable_parameters": trainable, "parameters": total_params,
+        "mfu": mfu(total_params, tokens_per_second, device),
+    }
+    if rank0:
+        write_json(out / STATS, stats)
+    return stats
+
+
+def last_logged_loss(history):
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return losses[-1] if losses else None
+
+
+def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0):
+    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base."""
+    import torch
+
+    tmp = final.with_name(final.name + ".partial")
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while saving
+    if config.finetune == "full":
+        trainer.save_model(str(tmp))  # gathers ZeRO-3 / FSDP shards on rank 0
+    else:
+        adapter = final.parent / "adapter"
+        trainer.save_model(str(adapter))
+        if rank0:
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            # Merge into the unquantized base (merging into 4-bit weights would round them again).
+            dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
+            base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+    if rank0:
+        tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / "mumath_train.json",
+                   {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
+                    "finetune": config.finetune, "mode": config.mode})
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------- launching
+
+def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
+    """Train in this process, or in `num_processes` ranks under `accelerate launch` (ZeRO-3, FSDP2, gloo).
+
+    The launched ranks run ``python -m mumath.sft <output_dir>/launch.json``; the stats come back from
+    <output_dir>/stats.json.
+    """
+    config.validate()
+    if num_processes <= 1 and not accelerate_config:
+        return train(config, print_fn)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "launch.json"
+    write_json(spec, asdict(config))
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        command += ["--config_file", str(accelerate_config)]
+    if num_processes > 1:
+        command += ["--num_processes", str(num_processes)]
+        if not accelerate_config:
+            command += ["--multi_gpu"]  # with use_cpu (no GPU) this is data parallel over gloo
+    command += ["-m", "mumath.sft", str(spec)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                      env.get("PYTHONPATH")]))
+    if device_kind() == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_processes))))
+    print_fn("[train] " + " ".join(command))
+    completed = subprocess.run(command, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"accelerate launch exited with {completed.returncode} (command: {' '.join(command)})")
+    return json.loads((out / STATS).read_text())
+
+
+def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, **settings):
+    """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log).
+
+    `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2.
+    """
+    from .manifest import record_inputs
+    from .models import resolve_model_path
+
+    run_dir = Path(run_dir)
+    data = Path(data) if data else run_dir / "filter" / f"{stage}.jsonl"
+    if init_model is None:
+        init_model = "embedded" if stage == "stage1" else str(run_dir / "stage1" / FINAL)
+        if stage != "stage1" and not Path(init_model).exists():
+            raise TrainConfigError(f"parameter 'init_model' is empty and {init_model} does not exist: run stage1 "
+                                   "first, or set init_model ('embedded', a folder or a hub id)")
+    config = TrainConfig.from_dict(dict(settings, output_dir=str(run_dir / stage), data=str(data),
+                                        init_model=init_model))
+    init_path = resolve_model_path(init_model)
+    record_inputs(run_dir, [data] + ([init_path] if Path(init_path).exists() else []))
+    return launch(config, num_processes, accelerate_config)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m mumath.sft <launch.json>  (written by mumath.sft.launch)", file=sys.stderr)
+        return 2
+    config = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text()))
+    train(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

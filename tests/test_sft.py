@@ -1,0 +1,181 @@
+"""Steps 4-5 training: modes, final folder, logs, resume after a kill, two processes = one process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from mumath.sft import (TrainConfig, TrainConfigError, accumulation_steps, check_qlora_device, lora_config,
+                        qlora_quantization, train)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, embedded_dir):
+    """The embedded model's architecture and tokenizer, shrunk to 2 small layers (trains in seconds)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny")
+    config = AutoConfig.from_pretrained(embedded_dir)
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedded_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory, data_dir):
+    """16 GSM8K training rationales as CoT rows, a few with a (real-format) execution output."""
+    folder = tmp_path_factory.mktemp("data")
+    rows = []
+    from mumath.records import read_jsonl
+
+    for index, record in enumerate(read_jsonl(data_dir / "gsm8k" / "train.jsonl.gz")[:16]):
+        body, answer = record["answer"].split("####")
+        solution = body.strip() + f"\nThe answer is \\boxed{{{answer.strip()}}}."
+        if index % 4 == 0:
+            solution = f"Check:\n```python\nprint({answer.strip().replace(',', '')})\n```\n```output\n" \
+                       f"{answer.strip().replace(',', '')}\n```\n" + solution
+        rows.append({"id": f"gsm8k-{index}", "question": record["question"],
+                     "messages": [{"role": "user", "content": record["question"]},
+                                  {"role": "assistant", "content": solution}]})
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def config_for(tmp_path, tiny_model, rows_file, **overrides):
+    settings = dict(output_dir=str(tmp_path / "stage"), data=str(rows_file), init_model=str(tiny_model), mode="tir",
+                    finetune="full", max_steps=3, learning_rate=1e-3, global_batch_size=4,
+                    per_device_batch_size=2, max_length=512, save_steps=2, warmup_ratio=0.0, seed=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_log(stage_dir):
+    return [json.loads(line) for line in (Path(stage_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def test_global_batch_is_computed_never_rounded():
+    assert accumulation_steps(128, 4, 8) == 4 and accumulation_steps(4, 2, 1) == 2
+    with pytest.raises(TrainConfigError, match=r"'global_batch_size' \(128\) is not a multiple of .* = 6"):
+        accumulation_steps(128, 3, 2)
+
+
+def test_bad_configuration_names_the_parameter(tmp_path):
+    for field, value, message in [("finetune", "qlora4", "'finetune'"), ("mode", "pot", "'mode'"),
+                                  ("packing", "yes", "'packing'"), ("per_device_batch_size", 0, "at least 1")]:
+        with pytest.raises(TrainConfigError, match=message):
+            TrainConfig(output_dir=str(tmp_path), data="x", **{field: value}).validate()
+    with pytest.raises(TrainConfigError, match="unknown training parameter"):
+        TrainConfig.from_dict({"output_dir": "o", "data": "d", "lerning_rate": 1.0})
+
+
+def test_qlora_configuration_is_built_and_cpu_fails_clearly(tmp_path, tiny_model, rows_file):
+    import torch
+
+    quantization = qlora_quantization("bf16")
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype == torch.bfloat16
+    adapters = lora_config(TrainConfig(output_dir="o", data="d", finetune="qlora"))
+    assert adapters.r == 16 and adapters.target_modules == "all-linear"
+    with pytest.raises(TrainConfigError, match="'qlora', which needs a CUDA GPU"):
+        check_qlora_device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainConfigError, match="needs a CUDA GPU.*Use finetune 'lora' or 'full'"):
+            train(config_for(tmp_path, tiny_model, rows_file, finetune="qlora"))
+        assert not (tmp_path / "stage").exists(), "fails before writing anything"
+
+
+@pytest.mark.parametrize("finetune,packing", [("full", False), ("lora", True)])
+def test_trains_and_writes_a_loadable_final_model(tmp_path, tiny_model, rows_file, finetune, packing):
+    from mumath.models import load_model
+
+    config = config_for(tmp_path, tiny_model, rows_file, finetune=finetune, packing=packing)
+    stats = train(config)
+    final = Path(config.output_dir) / "final"
+    assert (final / "model.safetensors").exists() and not (final / "adapter_config.json").exists()
+    model, tokenizer = load_model(str(final), device="cpu")
+    assert tokenizer.chat_template and model.config.num_hidden_layers == 2
+    log = [row for row in read_log(config.output_dir) if "loss" in row]
+    assert [row["step"] for row in log] == [1, 2, 3] and all("learning_rate" in row for row in log)
+    assert stats["steps"] == 3 and stats["gradient_accumulation_steps"] == 2 and stats["packing"] is packing
+    assert stats["tokens_trained"] > 0 and stats["tokens_per_second"] > 0
+    assert (stats["padding_share"] == 0.0) if packing else (0 < stats["padding_share"] < 1)
+    assert stats["examples"]["masked_output_tokens"] > 0
+    again = train(config)  # same configuration and data: reused, not retrained
+    assert again == stats
+
+
+def test_lora_merge_changes_weights_and_stage2_starts_from_stage1(tmp_path, tiny_model, rows_file):
+    from safetensors.torch import load_file
+
+    stage1 = config_for(tmp_path, tiny_model, rows_file, finetune="lora", output_dir=str(tmp_path / "stage1"))
+    train(stage1)
+    stage2 = config_for(tmp_path, tiny_model, rows_file, finetune="lora", output_dir=str(tmp_path / "stage2"),
+                        init_model=str(tmp_path / "stage1" / "final"))
+    train(stage2)
+    base = load_file(tiny_model / "model.safetensors")
+    one = load_file(tmp_path / "stage1" / "final" / "model.safetensors")
+    two = load_file(tmp_path / "stage2" / "final" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not (one[name] == base[name]).all() and not (two[name] == one[name]).all()
+    assert set(two) == set(base), "plain weights, no adapter keys"
+
+
+def launch_json(config, path):
+    path.write_text(json.dumps(asdict(config)))
+    return [sys.executable, "-m", "mumath.sft", str(path)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_checkpoint_and_ends_at_the_same_step(tmp_path, tiny_model, rows_file):
+    config = config_for(tmp_path, tiny_model, rows_file, max_steps=8, save_steps=2, global_batch_size=2,
+                        per_device_batch_size=1)
+    command = launch_json(config, tmp_path / "launch.json")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    state = Path(config.output_dir) / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert state.exists() and not (Path(config.output_dir) / "final").exists(), "killed mid-training"
+
+    resumed = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    stats = json.loads((Path(config.output_dir) / "stats.json").read_text())
+    assert stats["steps"] == 8 and stats["resumed_from"] in {"checkpoint-2", "checkpoint-4", "checkpoint-6"}
+    steps = [row["step"] for row in read_log(config.output_dir) if "loss" in row]
+    assert steps == list(range(1, 9)), "each step logged once, the redone ones not twice"
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
+    from mumath.sft import launch
+
+    # Batches drawn in the same order by one and by two processes: random order (length grouping sizes its
+    # groups by the per-process batch).
+    settings = dict(max_steps=3, global_batch_size=4, per_device_batch_size=2, packing=False, group_by_length=False)
+    one = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "one"), **settings))
+    two = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "two"), **settings),
+                 num_processes=2)
+    assert (one["processes"], one["gradient_accumulation_steps"]) == (1, 2)
+    assert (two["processes"], two["gradient_accumulation_steps"]) == (2, 1)
+    losses_one = [row["loss"] for row in read_log(tmp_path / "one") if "loss" in row]
+    losses_two = [row["loss"] for row in read_log(tmp_path / "two") if "loss" in row]
+    print("one process:", losses_one, "\ntwo processes:", losses_two)
+    assert len(losses_one) == len(losses_two) == 3
+    assert losses_two == pytest.approx(losses_one, rel=2e-3)
