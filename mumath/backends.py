@@ -12,16 +12,16 @@ Two ways in:
   tells identical prompts apart (k samples of one question).
 - ``complete(prompts, sampling, stop)``: a list in, a list out (augmentation, the teacher benchmark).
 
-Backends: ``transformers`` (`TransformersBackend`: batched `generate`, the default and the naive baseline),
-``transformers-cb`` (`ContinuousBatchingBackend`: transformers' continuous batching, one persistent engine
-with a paged KV cache and prefix sharing; identical greedy outputs, but slower on CPU as measured), ``openai`` / ``openai-chat`` (servers: vLLM, SGLang,
-llama.cpp, `transformers serve`, or the OpenAI API), with up to ``max_concurrency`` requests in flight.
+Backends: ``transformers`` (`engine.Engine`: our continuous-batching engine with prefix reuse on the
+model's ordinary forward, the default local backend), ``transformers-generate`` (`TransformersBackend`:
+batched `generate`, the fallback and the naive baseline), ``openai`` / ``openai-chat`` (servers: vLLM,
+SGLang, llama.cpp, `transformers serve`, or the OpenAI API), with up to ``max_concurrency`` requests in
+flight.
 """
 import asyncio
-import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
@@ -51,12 +51,12 @@ def cut_at_stop(text, stop):
 class TransformersBackend:
     """Batched `generate` with left padding; prompts are length-sorted so batches carry little padding.
 
-    The default local backend and the naive baseline: a row that stopped keeps computing until its batch is done,
+    The fallback local backend and the naive baseline: a row that stopped keeps computing until its batch is done,
     and every call re-encodes its prompts. It has no `submit`; the tool loop drives it through
     `BatchSubmitter`, which batches whatever requests are waiting whenever the model is free.
     """
 
-    name = "transformers"
+    name = "transformers-generate"
 
     def __init__(self, model, tokenizer, batch_size=16, progress=True):
         self.identity = f"transformers:{getattr(model, 'name_or_path', '') or model.config.name_or_path}"
@@ -108,224 +108,12 @@ class TransformersBackend:
         return _eos_ids(self.model, self.tokenizer)
 
 
-def stop_token_ids(tokenizer, stop):
-    """Vocabulary tokens that can end a stop string: the engine halts a request on any of them.
-
-    A token qualifies when its text ends with the stop string's last token as the tokenizer writes it
-    (``output`` for ```` ```output ````), or holds the whole stop string. Such a token can also appear
-    elsewhere ("the output is"): the host then checks the text and resumes (`ContinuousBatchingBackend`).
-    A stop written in unusual pieces is still caught on the host when the request ends (and cut there).
-    """
-    if not stop:
-        return frozenset()
-    ids = set()
-    vocabulary = tokenizer.get_vocab()
-    texts = {token_id: tokenizer.convert_tokens_to_string([token]) for token, token_id in vocabulary.items()}
-    for marker in stop:
-        pieces = tokenizer(marker, add_special_tokens=False)["input_ids"]
-        tail = tokenizer.decode(pieces[-1:]) if pieces else marker
-        tail = tail if tail and tail in marker else marker
-        ids |= {token_id for token_id, text in texts.items()
-                if text.endswith(tail) or marker in text}
-    return frozenset(ids - set(tokenizer.all_special_ids))
-
-
-@dataclass
-class _Step:
-    """One generation step of the continuous batching backend: a prompt, generated until a real stop."""
-
-    prompt_ids: list
-    max_new_tokens: int
-    stop: tuple
-    callback: object
-    generated: list = field(default_factory=list)
-    resumes: int = 0
-
-
-class ContinuousBatchingBackend:
-    """transformers' continuous batching (`ContinuousBatchingManager`): one engine for the whole run.
-
-    A background thread steps every request in flight together; a request joins the next step the moment
-    it is submitted, and one that ends leaves at once (no batch waits for its slowest row). The paged KV
-    cache shares prefix blocks between requests and keeps finished requests' blocks for reuse, so the
-    few-shot prompt, and a trajectory's own text when it comes back after an execution, are not
-    recomputed. The cache is sized explicitly (`kv_cache_tokens`; the engine's own default takes most
-    of the free memory).
-
-    The engine has no stop strings: a request stops on any token that can end one (`stop_token_ids`);
-    the host then decodes and checks the text, and resumes generation from the same tokens when the
-    stop string is not there (a *false stop*, counted in `false_stops`).
-
-    One sampling setting at a time: the engine's logits processors are fixed when it starts, so a call
-    with another temperature/top-p waits for the requests in flight and restarts the engine.
-    """
-
-    name = "transformers-cb"
-
-    def __init__(self, model, tokenizer, max_batch_requests=32, kv_cache_tokens=32768, page_size=32,
-                 max_batch_tokens=512, progress=True):
-        self.identity = f"transformers-cb:{getattr(model, 'name_or_path', '') or model.config.name_or_path}"
-        self.model, self.tokenizer, self.progress = model, tokenizer, progress
-        self.max_batch_requests, self.page_size, self.max_batch_tokens = max_batch_requests, page_size, max_batch_tokens
-        self.num_blocks = math.ceil(kv_cache_tokens / page_size)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.false_stops = 0
-        self._manager, self._sampling_key = None, None
-        self._steps = {}  # request id -> _Step
-        self._stop_ids = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._counter = 0
-        self._closed = False
-        _at_exit(self.close)
-
-    def format_prompt(self, messages):
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def kv_cache_bytes(self):
-        config = self.model.config.get_text_config()
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
-        return self.num_blocks * self.page_size * per_token
-
-    # -- requests ----------------------------------------------------------------------------------------
-
-    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        step = _Step(prompt_ids, sampling.max_new_tokens, tuple(stop), callback)
-        self._add(step, sampling)
-
-    def complete(self, prompts, sampling, stop=(), on_result=None):
-        return complete_with_submit(self, prompts, sampling, stop, on_result, self.progress)
-
-    def _add(self, step, sampling=None):
-        with self._lock:
-            if sampling is not None:
-                self._ensure_engine(sampling)
-            self._counter += 1
-            request_id = f"mumath-{self._counter}"
-            self._steps[request_id] = step
-            eos = sorted(self.eos_ids | self._stop_token_ids(step.stop))
-            added = self._manager.add_request(step.prompt_ids + step.generated, request_id=request_id,
-                                              max_new_tokens=step.max_new_tokens - len(step.generated),
-                                              eos_token_id=eos)
-        if added is None:
-            self._finish(request_id, RuntimeError("the continuous batching engine refused a request (stopped?)"))
-
-    def _stop_token_ids(self, stop):
-        if stop not in self._stop_ids:
-            self._stop_ids[stop] = stop_token_ids(self.tokenizer, stop)
-        return self._stop_ids[stop]
-
-    def _on_output(self, output):
-        """Called on the dispatcher thread with each finished request."""
-        with self._lock:
-            step = self._steps.get(output.request_id)
-        if step is None:
-            return
-        if output.error is not None:
-            self._finish(output.request_id, RuntimeError(f"generation failed: {output.error}"))
-            return
-        step.generated += list(output.generated_tokens)
-        last = step.generated[-1] if step.generated else None
-        ended = last in self.eos_ids
-        used = step.generated[:-1] if ended else step.generated
-        text, stopped = cut_at_stop(self.tokenizer.decode(used, skip_special_tokens=True), step.stop)
-        if not stopped and not ended and last in self._stop_token_ids(step.stop) \
-                and len(step.generated) < step.max_new_tokens:
-            # A false stop: the token can end the stop string but the text does not hold it; go on from here.
-            step.resumes += 1
-            with self._lock:
-                self.false_stops += 1
-                del self._steps[output.request_id]
-            self._add(step)
-            return
-        finish = "stop" if stopped else ("eos" if ended else "length")
-        self._finish(output.request_id, Completion(text, finish, len(step.prompt_ids), len(used)))
-
-    def _finish(self, request_id, result):
-        with self._lock:
-            step = self._steps.pop(request_id)
-            self._idle.notify_all()
-        step.callback(result)
-
-    # -- the engine --------------------------------------------------------------------------------------
-
-    def _ensure_engine(self, sampling):
-        """Start the engine for this sampling setting (called with the lock held)."""
-        if self._closed:
-            raise RuntimeError("the continuous batching backend is closed")
-        key = (sampling.temperature, sampling.top_p, sampling.seed if sampling.temperature > 0 else None)
-        if self._manager is not None and key == self._sampling_key:
-            return
-        if self._manager is not None:
-            self._idle.wait_for(lambda: not self._steps)
-            self._stop_engine()
-        from transformers import ContinuousBatchingConfig, GenerationConfig
-
-        do_sample = sampling.temperature > 0
-        generation_config = GenerationConfig(
-            do_sample=do_sample, temperature=sampling.temperature if do_sample else None,
-            top_p=sampling.top_p if do_sample else None, top_k=None, max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id)
-        engine_config = ContinuousBatchingConfig(
-            page_size=self.page_size, num_blocks=self.num_blocks, max_batch_tokens=self.max_batch_tokens,
-            max_requests_per_batch=self.max_batch_requests, allow_block_sharing=True,
-            seed=sampling.seed if do_sample else None)
-        self._manager = self.model.init_continuous_batching(generation_config=generation_config,
-                                                            continuous_batching_config=engine_config)
-        self._manager.start()
-        self._sampling_key = key
-        manager = self._manager
-        threading.Thread(target=self._dispatch, args=(manager,), daemon=True, name="mumath-cb-dispatch").start()
-
-    def _dispatch(self, manager):
-        while manager is self._manager or not manager.output_router.output_queue.empty():
-            output = manager.get_result(timeout=0.2)
-            if output is not None and output.is_finished():
-                self._on_output(output)
-            elif output is None and not manager.is_running() and manager is self._manager:
-                error = manager.background_thread_status.fatal_error or "the engine stopped"
-                with self._lock:
-                    pending = list(self._steps)
-                for request_id in pending:
-                    self._finish(request_id, RuntimeError(f"continuous batching engine died: {error}"))
-                return
-
-    def _stop_engine(self):
-        manager, self._manager = self._manager, None
-        if manager is not None:
-            # A hard stop fails what is still in flight (nobody waits for it any more) after the current step.
-            manager.stop(block=True, hard_stop=True)
-            manager.destroy()
-
-    def close(self):
-        with self._lock:
-            self._closed = True
-            self._stop_engine()
-
-
 def _eos_ids(model, tokenizer):
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids])
     ids.add(tokenizer.eos_token_id)
     ids.discard(None)
     return ids
-
-
-def _at_exit(function):
-    """Run `function` at interpreter exit, before non-daemon threads are joined (the engine's thread is one)."""
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:
-        import atexit
-
-        atexit.register(function)
-    else:
-        try:
-            register(function)
-        except RuntimeError:  # already shutting down
-            pass
 
 
 def complete_with_submit(backend, prompts, sampling, stop=(), on_result=None, progress=False):
@@ -581,27 +369,30 @@ def run_coroutine(coroutine):
     return box["result"]
 
 
-BACKENDS = ["transformers", "transformers-cb", "openai", "openai-chat"]
+BACKENDS = ["transformers", "transformers-generate", "openai", "openai-chat"]
 
 
 def make_backend(backend="transformers", model="embedded", base_url=None, api_model=None, batch_size=16,
                  max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True, tokenizer=None,
-                 max_retries=3, kv_cache_tokens=32768):
+                 max_retries=3, kv_cache_tokens=32768, max_prefill_tokens=2048):
     """The backend a run's parameters ask for.
 
-    For ``transformers`` (batched `generate`, the default: on CPU it measured faster than continuous
-    batching, see README "Numbers") `batch_size` is the `generate` batch; for ``transformers-cb``
-    (continuous batching) it caps the requests in one engine step and `kv_cache_tokens` sizes the paged
-    KV cache.
+    For ``transformers`` (the engine, default) `batch_size` caps the requests decoded together,
+    `kv_cache_tokens` bounds the prefix store and `max_prefill_tokens` one admission's prefill; for
+    ``transformers-generate`` `batch_size` is the `generate` batch. `dtype`: ``auto`` (fp32 on CPU, bf16
+    on GPU) or a torch dtype name (``bfloat16`` is ~1.8x faster on CPUs with avx512_bf16, but its greedy
+    outputs differ from fp32's).
     """
-    if backend in ("transformers", "transformers-cb"):
+    if backend in ("transformers", "transformers-generate"):
         from .models import load_model
 
         loaded, tokenizer = load_model(model, dtype=dtype)
-        if backend == "transformers":
+        if backend == "transformers-generate":
             return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
-        return ContinuousBatchingBackend(loaded, tokenizer, max_batch_requests=batch_size,
-                                         kv_cache_tokens=kv_cache_tokens, progress=progress)
+        from .engine import Engine
+
+        return Engine(loaded, tokenizer, max_batch_requests=batch_size, max_prefill_tokens=max_prefill_tokens,
+                      kv_cache_tokens=kv_cache_tokens, progress=progress)
     if backend in ("openai", "openai-chat"):
         if not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(api_key_env):
             raise ValueError(f"backend '{backend}' needs parameter 'base_url' (a server) or the environment "

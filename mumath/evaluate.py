@@ -240,7 +240,7 @@ def model_identity(backend, model, engine, local_model=None):
     from .manifest import sha256_path
 
     identity = {"backend": backend, "model": str(model)}
-    if backend != "transformers":
+    if not backend.startswith("transformers"):
         identity.update(base_url=getattr(engine, "base_url", None), api_model=getattr(engine, "model", None))
     if local_model is not None and Path(local_model).exists():
         identity["files"] = sha256_path(local_model)
