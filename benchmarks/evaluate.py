@@ -1,15 +1,17 @@
-"""TIR evaluation throughput: the naive loop vs `mumath.tir.run_tool_loop` on continuous batching.
+"""TIR evaluation throughput: the naive loop vs `mumath.tir.run_tool_loop` on the engine (`mumath/engine.py`).
 
-    python benchmarks/evaluate.py [--problems 64] [--max-new-tokens 192] [--batch-size 32] [--device cpu]
+    python benchmarks/evaluate.py [--problems 64] [--max-new-tokens 192] [--max-rounds 2] [--batch-size 64]
 
-Both arms run in this one process, on the same problems and model, greedy:
-- naive: `tir.reference_tool_loop` with `generate` (`TransformersBackend`): per round one `generate` batch
-  over every unfinished problem, then that round's code blocks executed one after another;
-- new: `tir.run_tool_loop` with `ContinuousBatchingBackend` (one persistent engine, prefix sharing, paged
-  KV cache of `--kv-cache-tokens`), each trajectory event-driven, executions on `--workers` threads while
-  the model generates. The engine's start-up (first request) is timed separately.
-Their trajectories are compared text for text. Writes benchmarks/results/evaluate-<cpu|gpu>.json; on a GPU
-pass `--problems 1319` for the full GSM8K test.
+All arms run in this one process, on the same problems, greedy, one after the other:
+- naive: `tir.reference_tool_loop` with batched `generate` (`TransformersBackend`, one batch of every
+  unfinished problem per round, then that round's code blocks executed one after another), fp32;
+- new: `tir.run_tool_loop` on `engine.Engine` (continuous batching, prefix reuse, executions on `--workers`
+  threads while the model generates), fp32; its trajectories are compared with the naive ones text for text;
+- new-bf16 (unless `--no-bf16`): the same loop with the model in bfloat16, reported apart (its greedy
+  outputs differ from fp32's, so it is not part of the equal-output comparison).
+Each arm is warmed up on a short request first (not timed). For the engine arms the time is split into
+prefill and decode forwards, the rest of the engine thread's work, and idle (the engine waiting for
+requests: executions and the loop's own work). Writes benchmarks/results/evaluate-<cpu|gpu>.json.
 """
 import argparse
 import json
@@ -19,21 +21,48 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mumath.backends import ContinuousBatchingBackend, Sampling, TransformersBackend  # noqa: E402
+from mumath.backends import Sampling, TransformersBackend  # noqa: E402
 from mumath.data import load_benchmark  # noqa: E402
+from mumath.engine import Engine  # noqa: E402
 from mumath.executor import SandboxPool  # noqa: E402
 from mumath.grading import extract_answer, is_equivalent  # noqa: E402
 from mumath.models import load_model  # noqa: E402
 from mumath.prompts import build_messages  # noqa: E402
-from mumath.tir import reference_tool_loop, run_tool_loop  # noqa: E402
+from mumath.tir import OUTPUT_MARKER, reference_tool_loop, run_tool_loop  # noqa: E402
 
 
 def timed(label, function):
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     result = function()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process)", flush=True)
-    return result, wall, cpu
+    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process), load {load:.1f} -> "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    return result, {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                    "load_average_start_end": [round(load, 1), round(os.getloadavg()[0], 1)]}
+
+
+def summary(trajectories, records, timing):
+    tokens = sum(t.completion_tokens for t in trajectories)
+    correct = sum(is_equivalent(extract_answer(t.generation), r["answer"]) for t, r in zip(trajectories, records))
+    return dict(timing, completion_tokens=tokens, tokens_per_s=round(tokens / timing["wall_s"], 1),
+                correct=correct, accuracy=round(correct / len(records), 4),
+                executions=sum(len(t.executions) for t in trajectories))
+
+
+def engine_arm(label, model, tokenizer, prompts, records, pool, sampling, args):
+    engine = Engine(model, tokenizer, max_batch_requests=args.batch_size, max_prefill_tokens=args.max_prefill_tokens,
+                    kv_cache_tokens=args.kv_cache_tokens, progress=False)
+    engine.complete(["Hello"], Sampling(max_new_tokens=4), [OUTPUT_MARKER])  # warm-up
+    engine.stats = dict.fromkeys(engine.stats, 0)
+    engine.store.entries.clear()
+    engine.store.tokens = 0
+    trajectories, timing = timed(label, lambda: run_tool_loop(engine, prompts, pool, sampling, args.max_rounds,
+                                                              exec_workers=args.workers))
+    engine.close()
+    stats = {key: round(value, 1) for key, value in engine.stats.items()}
+    stats["other_engine_work_s"] = round(stats["busy_seconds"] - stats["prefill_seconds"] - stats["decode_seconds"], 1)
+    stats["idle_s"] = round(timing["wall_s"] - stats["busy_seconds"], 1)
+    return trajectories, dict(summary(trajectories, records, timing), profile=stats)
 
 
 def main():
@@ -41,49 +70,53 @@ def main():
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--max-rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32, help="requests per engine step (new arm)")
-    parser.add_argument("--kv-cache-tokens", type=int, default=32768)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows decoded together (engine)")
+    parser.add_argument("--max-prefill-tokens", type=int, default=2048)
+    parser.add_argument("--kv-cache-tokens", type=int, default=65536)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--few-shot", type=int, default=2)
     parser.add_argument("--device", default=None)
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--data-dir", default=os.environ.get("MUMATH_DATA_DIR"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     device = str(model.device)
     records = load_benchmark("gsm8k", "test", data_dir=args.data_dir, limit=args.problems, seed=0)
     naive = TransformersBackend(model, tokenizer, batch_size=len(records), progress=False)
-    engine = ContinuousBatchingBackend(model, tokenizer, max_batch_requests=args.batch_size,
-                                       kv_cache_tokens=args.kv_cache_tokens, progress=False)
     prompts = [naive.format_prompt(build_messages(r["question"], "tir", args.few_shot)) for r in records]
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    arms = {}
     with SandboxPool(workers=args.workers, timeout=10) as pool:
-        _, startup_s, _ = timed("engine start-up", lambda: engine.complete(["Hello"], Sampling(max_new_tokens=1)))
-        new, new_s, new_cpu = timed("new loop", lambda: run_tool_loop(
-            engine, prompts, pool, sampling, args.max_rounds, exec_workers=args.workers))
-        old, naive_s, naive_cpu = timed("naive loop", lambda: reference_tool_loop(
+        naive.generate_batch(["Hello"], Sampling(max_new_tokens=4), [OUTPUT_MARKER])  # warm-up
+        old, timing = timed("naive loop (generate, fp32)", lambda: reference_tool_loop(
             naive, prompts, pool, sampling, args.max_rounds))
-    engine.close()
-    same = sum(a.generation == b.generation for a, b in zip(new, old))
-    answers = [extract_answer(t.generation) for t in new]
-    correct = sum(is_equivalent(a, r["answer"]) for a, r in zip(answers, records))
-    tokens = sum(t.completion_tokens for t in new)
+        arms["naive"] = summary(old, records, timing)
+        new, arms["new"] = engine_arm("new loop (engine, fp32)", model, tokenizer, prompts, records, pool,
+                                      sampling, args)
+        if not args.no_bf16:
+            model_bf16, _ = load_model(args.model, device=args.device, dtype="bfloat16")
+            bf16, arms["new_bf16"] = engine_arm("new loop (engine, bf16)", model_bf16, tokenizer, prompts,
+                                                records, pool, sampling, args)
+            arms["new_bf16"]["trajectories_equal_to_fp32"] = sum(a.generation == b.generation
+                                                                 for a, b in zip(bf16, new))
     name = "cuda:" + __import__("torch").cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     result = {
         "device": name, "cpus": os.cpu_count(), "model": args.model, "problems": len(records),
         "max_new_tokens": args.max_new_tokens, "max_rounds": args.max_rounds, "few_shot": args.few_shot,
-        "batch_size": args.batch_size, "kv_cache_tokens": args.kv_cache_tokens, "exec_workers": args.workers,
-        "naive_s": round(naive_s, 1), "naive_cpu_s": round(naive_cpu, 1),
-        "new_s": round(new_s, 1), "new_cpu_s": round(new_cpu, 1), "engine_startup_s": round(startup_s, 1),
-        "speedup": round(naive_s / new_s, 2), "cpu_time_ratio": round(naive_cpu / new_cpu, 2),
-        "naive_tokens_per_s": round(sum(t.completion_tokens for t in old) / naive_s, 1),
-        "new_tokens_per_s": round(tokens / new_s, 1),
-        "trajectories_identical": same, "new_correct": correct, "new_completion_tokens": tokens,
-        "executions": sum(len(t.executions) for t in new), "false_stops": engine.false_stops,
-        "note": "both arms in one process, one after the other; wall times depend on what else shares the CPUs",
+        "batch_size": args.batch_size, "max_prefill_tokens": args.max_prefill_tokens,
+        "kv_cache_tokens": args.kv_cache_tokens, "exec_workers": args.workers,
+        "speedup_new_vs_naive": round(arms["naive"]["wall_s"] / arms["new"]["wall_s"], 2),
+        "cpu_time_ratio": round(arms["naive"]["cpu_s"] / arms["new"]["cpu_s"], 2),
+        "trajectories_identical": sum(a.generation == b.generation for a, b in zip(new, old)),
+        "trajectories_differing": [index for index, (a, b) in enumerate(zip(new, old)) if a.generation != b.generation],
+        "arms": arms,
+        "note": "all arms in one process, one after the other; wall times depend on what else shares the CPUs",
     }
+    if "new_bf16" in arms:
+        result["speedup_new_bf16_vs_naive"] = round(arms["naive"]["wall_s"] / arms["new_bf16"]["wall_s"], 2)
     out = Path(args.out or Path(__file__).parent / "results" / f"evaluate-{'gpu' if 'cuda' in name else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

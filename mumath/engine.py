@@ -20,6 +20,7 @@ Greedy outputs equal batched `generate`'s (tests/test_engine.py); sampling uses 
 request, seeded from the request's seed, so a trajectory's draws do not depend on its neighbours.
 """
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -108,8 +109,10 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.store = PrefixStore(kv_cache_tokens)
+        # What the engine thread spent its time on (benchmarks/evaluate.py reports it): model forwards for
+        # prefill and decode, and all of its work ("busy": forwards plus sampling, stop checks, KV moves).
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "prefill_seconds": 0.0,
-                      "decode_seconds": 0.0}
+                      "decode_seconds": 0.0, "busy_seconds": 0.0}
         self._waiting, self._rows = [], []
         self._batch = None  # (cache, mask [rows, columns], positions [rows], next tokens [rows])
         self._wake = threading.Condition()
@@ -151,7 +154,7 @@ class Engine:
                     break
                 candidates = self._waiting[:self.max_batch_requests - len(self._rows)]
                 del self._waiting[:len(candidates)]
-            admitted = []
+            admitted, started = [], time.perf_counter()
             try:
                 with torch.inference_mode():
                     if candidates:
@@ -165,6 +168,7 @@ class Engine:
                 failed, self._rows, self._batch = self._rows + admitted, [], None
                 for request in failed:
                     request.callback(error)
+            self.stats["busy_seconds"] += time.perf_counter() - started
         failed = self._rows + self._waiting
         self._rows, self._waiting, self._batch = [], [], None
         for request in failed:
@@ -213,8 +217,6 @@ class Engine:
         Columns: [pad | stored prefix] [pad | new tokens]; the mask holds zeros for both pads.
         Returns the cache, the mask, each row's next position and the last column's logits.
         """
-        import time
-
         started = time.perf_counter()
         reused = [length for _, length in matches]
         past_width = max(reused)
@@ -274,8 +276,6 @@ class Engine:
 
     def _decode(self):
         """Record each row's pending token, retire finished rows, then one forward step for the rest."""
-        import time
-
         cache, mask, positions, tokens = self._batch
         keep = []
         for row, (request, token) in enumerate(zip(self._rows, tokens.tolist())):
