@@ -108,6 +108,10 @@ class Engine:
         self.max_batch_requests, self.max_prefill_tokens = max_batch_requests, max_prefill_tokens
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        layers = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
+        if layers != {"DynamicLayer"}:  # sliding-window or linear-attention layers keep other state
+            raise ValueError(f"the engine supports full-attention models only (cache layers: {sorted(layers)}); "
+                             "use backend 'transformers-generate'")
         self.store = PrefixStore(kv_cache_tokens)
         # What the engine thread spent its time on (benchmarks/evaluate.py reports it): model forwards for
         # prefill and decode, and all of its work ("busy": forwards plus sampling, stop checks, KV moves).
@@ -125,6 +129,8 @@ class Engine:
 
     def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("the engine needs a prompt of at least one token")
         request = Request(ids, sampling, tuple(s for s in stop if s), callback, sampling.seed + index)
         if sampling.temperature > 0:
             request.generator = torch.Generator(device=self.model.device).manual_seed(request.seed)
