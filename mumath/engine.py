@@ -143,12 +143,13 @@ class Engine:
     def complete(self, prompts, sampling, stop=(), on_result=None):
         return complete_with_submit(self, prompts, sampling, stop, on_result, self.progress)
 
-    def close(self):
+    def close(self, timeout=None):
+        """Stop the scheduler after its current step; requests still waiting or running get an error."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout)
 
     # -- the scheduler -----------------------------------------------------------------------------------
 

@@ -120,7 +120,7 @@ def test_close_stops_the_thread(embedded):
     model, tokenizer = embedded
     engine = Engine(model, tokenizer, progress=False)
     assert engine.complete(["a"], Sampling(max_new_tokens=2))[0].completion_tokens == 2
-    engine.close()
+    engine.close(timeout=60)
     assert not engine._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit("b", Sampling(max_new_tokens=2), [], lambda result: None)
