@@ -1,97 +1,136 @@
-"""TIR evaluation throughput: `mumath.tir.run_tool_loop` vs a naive loop, same problems, same model.
+"""TIR evaluation throughput: the naive loop vs `mumath.tir.run_tool_loop` on the engine (`mumath/engine.py`).
 
-    python benchmarks/evaluate.py [--problems 64] [--max-new-tokens 256] [--batch-size 32] [--device cpu]
+    python benchmarks/evaluate.py [--problems 64] [--max-new-tokens 192] [--max-rounds 2] [--batch-size 64]
 
-The naive loop is what one writes first: per round, one `generate` over every unfinished problem in a
-single unsorted batch, then the round's code blocks executed one after another. Ours: length-sorted
-batches of `--batch-size`, and each round's executions in parallel in the sandbox pool. Both are greedy,
-so their answers should agree (padding can flip a rare near-tie). Writes
-benchmarks/results/evaluate-<device>.json; on a GPU pass `--problems 1319` for the full GSM8K test.
+All arms run in this one process, on the same problems, greedy, one after the other:
+- naive: `tir.reference_tool_loop` with batched `generate` (`TransformersBackend`, one batch of every
+  unfinished problem per round, then that round's code blocks executed one after another), fp32;
+- new: `tir.run_tool_loop` on `engine.Engine` (continuous batching, prefix reuse, executions on `--workers`
+  threads while the model generates), fp32; its trajectories are compared with the naive ones text for text;
+- new-bf16 (unless `--no-bf16`): the same loop with the model in bfloat16, reported apart (its greedy
+  outputs differ from fp32's, so it is not part of the equal-output comparison).
+Each arm is warmed up on a short request first (not timed) and runs on a fresh thread (see `in_worker_thread`). For the engine arms the time is split into
+prefill and decode forwards, the rest of the engine thread's work, and idle (the engine waiting for
+requests: executions and the loop's own work). Writes benchmarks/results/evaluate-<cpu|gpu>.json.
 """
 import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mumath.backends import Sampling, TransformersBackend  # noqa: E402
 from mumath.data import load_benchmark  # noqa: E402
+from mumath.engine import Engine  # noqa: E402
 from mumath.executor import SandboxPool  # noqa: E402
 from mumath.grading import extract_answer, is_equivalent  # noqa: E402
 from mumath.models import load_model  # noqa: E402
 from mumath.prompts import build_messages  # noqa: E402
-from mumath.tir import OUTPUT_MARKER, Trajectory, format_output, last_code_block, run_tool_loop  # noqa: E402
+from mumath.tir import OUTPUT_MARKER, reference_tool_loop, run_tool_loop  # noqa: E402
 
 
-def naive_tool_loop(backend, prompts, pool, sampling, max_rounds):
-    trajectories = [Trajectory(prompt=p) for p in prompts]
-    active = list(range(len(prompts)))
-    for round_index in range(max_rounds + 1):
-        if not active:
-            break
-        completions = backend.generate_batch([trajectories[i].prompt + trajectories[i].generation for i in active],
-                                             sampling, [OUTPUT_MARKER])
-        still = []
-        for index, completion in zip(active, completions):
-            trajectory = trajectories[index]
-            trajectory.generation += completion.text
-            trajectory.completion_tokens += completion.completion_tokens
-            code = last_code_block(trajectory.generation) if completion.finish == "stop" else None
-            if code is not None and round_index < max_rounds:
-                trajectory.generation += format_output(pool.execute(code).as_output())
-                still.append(index)
-        active = still
-    return trajectories
+def in_worker_thread(function):
+    """Run `function` on a fresh thread. The engine's forwards run on its own thread; the naive loop runs on
+    one too, so both arms use torch's threads the same way (on a loaded CPU, `generate` called from the
+    main thread measured up to 7x slower than the same call from a fresh thread)."""
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=function()))
+    worker.start()
+    worker.join()
+    return box["result"]
 
 
 def timed(label, function):
-    started = time.perf_counter()
-    result = function()
-    seconds = time.perf_counter() - started
-    print(f"{label}: {seconds:.1f} s", flush=True)
-    return result, seconds
+    wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    result = in_worker_thread(function)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process), load {load:.1f} -> "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    return result, {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                    "load_average_start_end": [round(load, 1), round(os.getloadavg()[0], 1)]}
+
+
+def summary(trajectories, records, timing):
+    tokens = sum(t.completion_tokens for t in trajectories)
+    correct = sum(is_equivalent(extract_answer(t.generation), r["answer"]) for t, r in zip(trajectories, records))
+    return dict(timing, completion_tokens=tokens, tokens_per_s=round(tokens / timing["wall_s"], 1),
+                correct=correct, accuracy=round(correct / len(records), 4),
+                executions=sum(len(t.executions) for t in trajectories))
+
+
+def engine_arm(label, model, tokenizer, prompts, records, pool, sampling, args):
+    engine = Engine(model, tokenizer, max_batch_requests=args.batch_size, max_prefill_tokens=args.max_prefill_tokens,
+                    kv_cache_tokens=args.kv_cache_tokens, progress=False)
+    engine.complete(["Hello"], Sampling(max_new_tokens=4), [OUTPUT_MARKER])  # warm-up
+    engine.stats = dict.fromkeys(engine.stats, 0)
+    engine.store.entries.clear()
+    engine.store.tokens = 0
+    trajectories, timing = timed(label, lambda: run_tool_loop(engine, prompts, pool, sampling, args.max_rounds,
+                                                              exec_workers=args.workers))
+    engine.close()
+    stats = {key: round(value, 1) for key, value in engine.stats.items()}
+    stats["other_engine_work_s"] = round(stats["busy_seconds"] - stats["prefill_seconds"] - stats["decode_seconds"], 1)
+    stats["idle_s"] = round(timing["wall_s"] - stats["busy_seconds"], 1)
+    return trajectories, dict(summary(trajectories, records, timing), profile=stats)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--max-rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows decoded together (engine)")
+    parser.add_argument("--max-prefill-tokens", type=int, default=2048)
+    parser.add_argument("--kv-cache-tokens", type=int, default=65536)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--few-shot", type=int, default=2)
     parser.add_argument("--device", default=None)
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--data-dir", default=os.environ.get("MUMATH_DATA_DIR"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     device = str(model.device)
     records = load_benchmark("gsm8k", "test", data_dir=args.data_dir, limit=args.problems, seed=0)
-    backend = TransformersBackend(model, tokenizer, batch_size=args.batch_size, progress=False)
-    prompts = [backend.format_prompt(build_messages(r["question"], "tir", args.few_shot)) for r in records]
+    naive = TransformersBackend(model, tokenizer, batch_size=len(records), progress=False)
+    prompts = [naive.format_prompt(build_messages(r["question"], "tir", args.few_shot)) for r in records]
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    arms = {}
     with SandboxPool(workers=args.workers, timeout=10) as pool:
-        ours, ours_s = timed("mumath loop", lambda: run_tool_loop(backend, prompts, pool, sampling, args.max_rounds))
-        naive, naive_s = timed("naive loop", lambda: naive_tool_loop(backend, prompts, pool, sampling,
-                                                                     args.max_rounds))
-    answers = [(extract_answer(a.generation), extract_answer(b.generation)) for a, b in zip(ours, naive)]
-    agree = sum(1 for x, y in answers if x == y)
-    correct = sum(is_equivalent(x, r["answer"]) for (x, _), r in zip(answers, records))
+        in_worker_thread(lambda: naive.generate_batch(["Hello"], Sampling(max_new_tokens=4), [OUTPUT_MARKER]))
+        old, timing = timed("naive loop (generate, fp32)", lambda: reference_tool_loop(
+            naive, prompts, pool, sampling, args.max_rounds))
+        arms["naive"] = summary(old, records, timing)
+        new, arms["new"] = engine_arm("new loop (engine, fp32)", model, tokenizer, prompts, records, pool,
+                                      sampling, args)
+        if not args.no_bf16:
+            model_bf16, _ = load_model(args.model, device=args.device, dtype="bfloat16")
+            bf16, arms["new_bf16"] = engine_arm("new loop (engine, bf16)", model_bf16, tokenizer, prompts,
+                                                records, pool, sampling, args)
+            arms["new_bf16"]["trajectories_equal_to_fp32"] = sum(a.generation == b.generation
+                                                                 for a, b in zip(bf16, new))
     name = "cuda:" + __import__("torch").cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     result = {
         "device": name, "cpus": os.cpu_count(), "model": args.model, "problems": len(records),
-        "max_new_tokens": args.max_new_tokens, "max_rounds": args.max_rounds, "batch_size": args.batch_size,
-        "few_shot": args.few_shot,
-        "ours_s": round(ours_s, 1), "ours_problems_per_s": round(len(records) / ours_s, 3),
-        "naive_s": round(naive_s, 1), "naive_problems_per_s": round(len(records) / naive_s, 3),
-        "speedup": round(naive_s / ours_s, 2), "answers_agree": agree, "ours_correct": correct,
-        "ours_completion_tokens": sum(t.completion_tokens for t in ours),
-        "executions": sum(len(t.executions) for t in ours),
+        "max_new_tokens": args.max_new_tokens, "max_rounds": args.max_rounds, "few_shot": args.few_shot,
+        "batch_size": args.batch_size, "max_prefill_tokens": args.max_prefill_tokens,
+        "kv_cache_tokens": args.kv_cache_tokens, "exec_workers": args.workers,
+        "speedup_new_vs_naive": round(arms["naive"]["wall_s"] / arms["new"]["wall_s"], 2),
+        "cpu_time_ratio": round(arms["naive"]["cpu_s"] / arms["new"]["cpu_s"], 2),
+        "trajectories_identical": sum(a.generation == b.generation for a, b in zip(new, old)),
+        "trajectories_differing": [index for index, (a, b) in enumerate(zip(new, old)) if a.generation != b.generation],
+        "arms": arms,
+        "torch_threads": __import__("torch").get_num_threads(),
+        "note": "all arms in one process, one after the other, each on a fresh thread; wall times depend on what "
+                "else shares the CPUs",
     }
+    if "new_bf16" in arms:
+        result["speedup_new_bf16_vs_naive"] = round(arms["naive"]["wall_s"] / arms["new_bf16"]["wall_s"], 2)
     out = Path(args.out or Path(__file__).parent / "results" / f"evaluate-{'gpu' if 'cuda' in name else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

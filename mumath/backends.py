@@ -1,8 +1,22 @@
 """Generation backends: a local transformers model, any OpenAI-compatible server, or a chat API.
 
-Each turns chat messages into its kind of prompt (`format_prompt`) and completes a list of prompts
-(`complete`), returning one `Completion` per prompt, cut before the first stop string. `finish` says why generation ended:
-``stop`` (a stop string), ``eos`` (end of turn) or ``length`` (token budget).
+Each turns chat messages into its kind of prompt (`format_prompt`) and completes prompts, returning one
+`Completion` per prompt, cut before the first stop string. `finish` says why generation ended: ``stop``
+(a stop string), ``eos`` (end of turn) or ``length`` (token budget).
+
+Two ways in:
+- ``submit(prompt, sampling, stop, callback, index=0, sample_index=0)`` starts one request and returns at
+  once; ``callback(completion)`` (or ``callback(exception)``) is called from another thread when it is
+  done. The tool loop (`tir.run_tool_loop`) drives every backend this way, so a trajectory's next step
+  goes out the moment its previous one ends. ``index`` varies the seed per trajectory; ``sample_index``
+  tells identical prompts apart (k samples of one question).
+- ``complete(prompts, sampling, stop)``: a list in, a list out (augmentation, the teacher benchmark).
+
+Backends: ``transformers`` (`engine.Engine`: our continuous-batching engine with prefix reuse on the
+model's ordinary forward, the default local backend), ``transformers-generate`` (`TransformersBackend`:
+batched `generate`, the fallback and the naive baseline), ``openai`` / ``openai-chat`` (servers: vLLM,
+SGLang, llama.cpp, `transformers serve`, or the OpenAI API), with up to ``max_concurrency`` requests in
+flight.
 """
 import asyncio
 import os
@@ -35,9 +49,14 @@ def cut_at_stop(text, stop):
 
 
 class TransformersBackend:
-    """Batched generation with left padding; prompts are length-sorted so batches carry little padding."""
+    """Batched `generate` with left padding; prompts are length-sorted so batches carry little padding.
 
-    name = "transformers"
+    The fallback local backend and the naive baseline: a row that stopped keeps computing until its batch is done,
+    and every call re-encodes its prompts. It has no `submit`; the tool loop drives it through
+    `BatchSubmitter`, which batches whatever requests are waiting whenever the model is free.
+    """
+
+    name = "transformers-generate"
 
     def __init__(self, model, tokenizer, batch_size=16, progress=True):
         self.identity = f"transformers:{getattr(model, 'name_or_path', '') or model.config.name_or_path}"
@@ -86,10 +105,87 @@ class TransformersBackend:
         return completions
 
     def _eos_ids(self):
-        ids = self.model.generation_config.eos_token_id
-        ids = set(ids if isinstance(ids, list) else [ids])
-        ids.discard(None)
-        return ids | {self.tokenizer.eos_token_id}
+        return _eos_ids(self.model, self.tokenizer)
+
+
+def _eos_ids(model, tokenizer):
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids])
+    ids.add(tokenizer.eos_token_id)
+    ids.discard(None)
+    return ids
+
+
+def complete_with_submit(backend, prompts, sampling, stop=(), on_result=None, progress=False):
+    """`complete` for a backend that has `submit`: everything in flight at once, results in order."""
+    results = [None] * len(prompts)
+    done = threading.Semaphore(0)
+    bar = tqdm(total=len(prompts), desc="generate", disable=not progress or len(prompts) < 2, leave=False)
+    lock = threading.Lock()
+
+    def receive(index, result):
+        results[index] = result
+        if on_result is not None and not isinstance(result, BaseException):
+            with lock:
+                on_result(index, result)
+        done.release()
+
+    seen = {}
+    for index, prompt in enumerate(prompts):
+        text = prompt.cache_text() if hasattr(prompt, "cache_text") else prompt
+        seen[text] = seen.get(text, -1) + 1
+        backend.submit(prompt, sampling, stop, lambda result, index=index: receive(index, result), index=index,
+                       sample_index=seen[text])
+    for _ in prompts:
+        done.acquire()
+        bar.update()
+    bar.close()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+class BatchSubmitter:
+    """`submit` for a backend that only has `complete`: a worker thread batches whatever is waiting.
+
+    Requests that arrive while a batch runs wait for the next one, so there is no round barrier, but a
+    batch still ends with its slowest request (the `generate` fallback's nature).
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+        self._waiting = []
+        self._ready = threading.Condition()
+        threading.Thread(target=self._work, daemon=True, name="mumath-batch-submitter").start()
+
+    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+        with self._ready:
+            self._waiting.append((prompt, sampling, tuple(stop), callback))
+            self._ready.notify()
+
+    def _work(self):
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._waiting)
+                sampling, stop = self._waiting[0][1], self._waiting[0][2]
+                batch = [item for item in self._waiting if item[1] == sampling and item[2] == stop]
+                self._waiting = [item for item in self._waiting if not (item[1] == sampling and item[2] == stop)]
+            try:
+                completions = self.backend.complete([item[0] for item in batch], sampling, list(stop))
+            except Exception as error:  # handed to every waiting caller, raised in the tool loop
+                completions = [error] * len(batch)
+            for item, completion in zip(batch, completions):
+                item[3](completion)
+
+
+def submitter(backend):
+    """The object to `submit` requests to: the backend itself, or a `BatchSubmitter` kept on it."""
+    if hasattr(backend, "submit"):
+        return backend
+    if getattr(backend, "_batch_submitter", None) is None:
+        backend._batch_submitter = BatchSubmitter(backend)
+    return backend._batch_submitter
 
 
 class OpenAIBackend:
@@ -122,6 +218,26 @@ class OpenAIBackend:
 
     def complete(self, prompts, sampling, stop=(), on_result=None):
         return run_coroutine(self._complete_all(prompts, sampling, list(stop), on_result))
+
+    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+        """One request on the backend's own event loop thread; at most `max_concurrency` in flight."""
+        loop = self._event_loop()
+        future = asyncio.run_coroutine_threadsafe(self._submitted(prompt, sampling, list(stop), index), loop)
+        future.add_done_callback(lambda done: callback(done.exception() or done.result()))
+
+    async def _submitted(self, prompt, sampling, stop, index):
+        if self._async_client is None:
+            self._async_client = self._client()
+            self._in_flight = asyncio.Semaphore(self.max_concurrency)
+        async with self._in_flight:
+            return await self._request(self._async_client, prompt, sampling, stop, sampling.seed + index)
+
+    def _event_loop(self):
+        with _LOOP_LOCK:
+            if getattr(self, "_loop", None) is None:
+                self._loop, self._async_client = asyncio.new_event_loop(), None
+                threading.Thread(target=self._loop.run_forever, daemon=True, name="mumath-requests").start()
+        return self._loop
 
     async def _request(self, client, prompt, sampling, stop, seed):
         response = await client.completions.create(
@@ -221,6 +337,9 @@ class OpenAIChatBackend(OpenAIBackend):
         return self._to_completion(response, stop)
 
 
+_LOOP_LOCK = threading.Lock()
+
+
 def ends_with_unexecuted_code(text):
     stripped = text.rstrip()
     last_code = stripped.rfind("```python")
@@ -250,18 +369,30 @@ def run_coroutine(coroutine):
     return box["result"]
 
 
-BACKENDS = ["transformers", "openai", "openai-chat"]
+BACKENDS = ["transformers", "transformers-generate", "openai", "openai-chat"]
 
 
 def make_backend(backend="transformers", model="embedded", base_url=None, api_model=None, batch_size=16,
                  max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True, tokenizer=None,
-                 max_retries=3):
-    """The backend a run's parameters ask for."""
-    if backend == "transformers":
+                 max_retries=3, kv_cache_tokens=32768, max_prefill_tokens=2048):
+    """The backend a run's parameters ask for.
+
+    For ``transformers`` (the engine, default) `batch_size` caps the requests decoded together,
+    `kv_cache_tokens` bounds the prefix store and `max_prefill_tokens` one admission's prefill; for
+    ``transformers-generate`` `batch_size` is the `generate` batch. `dtype`: ``auto`` (fp32 on CPU, bf16
+    on GPU) or a torch dtype name (``bfloat16`` is ~1.8x faster on CPUs with avx512_bf16, but its greedy
+    outputs differ from fp32's).
+    """
+    if backend in ("transformers", "transformers-generate"):
         from .models import load_model
 
         loaded, tokenizer = load_model(model, dtype=dtype)
-        return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
+        if backend == "transformers-generate":
+            return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
+        from .engine import Engine
+
+        return Engine(loaded, tokenizer, max_batch_requests=batch_size, max_prefill_tokens=max_prefill_tokens,
+                      kv_cache_tokens=kv_cache_tokens, progress=progress)
     if backend in ("openai", "openai-chat"):
         if not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(api_key_env):
             raise ValueError(f"backend '{backend}' needs parameter 'base_url' (a server) or the environment "

@@ -1,7 +1,8 @@
 """Evaluate a model on registry benchmarks: trajectories JSONL + metrics JSON per benchmark and mode.
 
 Layout: ``<out_dir>/<benchmark>/<mode>/trajectories.jsonl`` (one line per problem and sample, appended
-as chunks finish, so a crash loses at most one chunk), ``metrics.json`` and ``config.json``.
+the moment its trajectory finishes, so a crash loses only the ones in flight), ``metrics.json`` and
+``config.json``.
 
 Resume is keyed by a fingerprint of everything that decides an answer (`answer_settings`: model files and
 backend, prompt files, mode, few-shot count, decoding, max rounds, carry_state, sandbox limits). Each row
@@ -12,6 +13,7 @@ the trajectories file and its metrics always describe one configuration.
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,9 @@ class EvalConfig:
     n_samples: int = 1
     sampling: Sampling = None
     carry_state: bool = False
-    chunk_size: int = 256
+    chunk_size: int = 256  # trajectories in flight at most (each is written as soon as it finishes)
     prompt_dir: str = None
+    exec_workers: int = None  # threads feeding the sandbox; None: the machine's cores
     model_identity: dict = None  # what the model is (files hash, backend); default: the backend's identity
     executor_limits: dict = None  # sandbox limits; default: the executor's own
 
@@ -123,21 +126,20 @@ def evaluate_suites(backend, executor, suites, config, progress=True, extra_metr
         todo += [(benchmark, path, record, sample) for record in records for sample in range(config.n_samples)
                  if (record["id"], sample) not in done]
     bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start:start + config.chunk_size]
-        prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
-                                                        config.prompt_dir)) for _, _, record, _ in chunk]
-        sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
-                            config.sampling.seed + start)
-        trajectories = run_tool_loop(backend, prompts, executor, sampling, max_rounds=config.max_rounds,
-                                     execute=config.mode == "tir", carry_state=config.carry_state)
-        rows_by_path = {}
-        for (benchmark, path, record, sample), trajectory in zip(chunk, trajectories):
-            rows_by_path.setdefault(path, []).append(
-                dict(trajectory_row(record, sample, trajectory, config.mode, benchmark), fingerprint=fingerprint))
-        for path, rows in rows_by_path.items():
-            append_jsonl(path, rows)
-        bar.update(len(chunk))
+    prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
+                                                    config.prompt_dir)) for _, _, record, _ in todo]
+
+    def write(index, trajectory):  # each trajectory is written the moment it finishes
+        benchmark, path, record, sample = todo[index]
+        append_jsonl(path, [dict(trajectory_row(record, sample, trajectory, config.mode, benchmark),
+                                 fingerprint=fingerprint)])
+        bar.update()
+
+    # Sampling seed per trajectory: `config.sampling.seed + index` (its place in this run's to-do list; the
+    # backends add `index` to the seed), deterministic like the per-chunk seeds before.
+    run_tool_loop(backend, prompts, executor, config.sampling, max_rounds=config.max_rounds,
+                  execute=config.mode == "tir", carry_state=config.carry_state, on_finish=write,
+                  exec_workers=config.exec_workers, max_in_flight=config.chunk_size)
     bar.close()
     results = []
     for benchmark, (records, out_dir) in suites.items():
@@ -238,7 +240,7 @@ def model_identity(backend, model, engine, local_model=None):
     from .manifest import sha256_path
 
     identity = {"backend": backend, "model": str(model)}
-    if backend != "transformers":
+    if not backend.startswith("transformers"):
         identity.update(base_url=getattr(engine, "base_url", None), api_model=getattr(engine, "model", None))
     if local_model is not None and Path(local_model).exists():
         identity["files"] = sha256_path(local_model)
@@ -253,7 +255,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                    api_key_env="OPENAI_API_KEY", tokenizer=None, data_dir=None, benchmarks=("gsm8k",),
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
                    max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
-                   temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=2, exec_timeout=10.0,
+                   temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=None, exec_timeout=10.0,
                    exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True, step_name="evaluate"):
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/<step_name>/
     (``evaluate/``, or a variant's ``evaluate.<variant>/``)."""
@@ -283,11 +285,12 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
     contaminated = {spec: {"contaminated": evaluation_contamination(run_dir, spec)} for spec in suites}
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     results = []
+    exec_workers = exec_workers or os.cpu_count() or 1
     with SandboxPool(workers=exec_workers, timeout=exec_timeout, memory_mb=exec_memory_mb) as executor:
         for mode in modes:
             config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
                                 sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
-                                chunk_size=chunk_size, model_identity=identity)
+                                chunk_size=chunk_size, exec_workers=exec_workers, model_identity=identity)
             jobs = {spec: (records, Path(run_dir) / step_name / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}
             results += evaluate_suites(engine, executor, jobs, config, progress=progress,

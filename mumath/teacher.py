@@ -15,7 +15,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import Completion, make_backend
+from .backends import Completion, make_backend, submitter
 from .records import read_jsonl, repair_torn_tail
 
 
@@ -85,6 +85,7 @@ class Teacher:
         self.cache = ResponseCache(cache_path)
         self.usage = Usage(price_per_1m_prompt=price_per_1m_prompt, price_per_1m_completion=price_per_1m_completion)
         self.step = "default"
+        self._usage_lock = threading.Lock()  # results arrive on the backends' threads
 
     def format_prompt(self, messages):
         return self.backend.format_prompt(messages)
@@ -111,7 +112,28 @@ class Teacher:
                 results[index] = completion
         return results
 
+    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+        """One request through the cache (the tool loop's way in); `sample_index` as in `complete`'s key."""
+        key = request_key(self.identity, prompt, sampling, stop, sample_index)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self._count(hits=1)
+            callback(cached)
+            return
+
+        def store(result):
+            if not isinstance(result, BaseException):
+                self.cache.put(key, result)
+                self._count(requests=1, completion=result)
+            callback(result)
+
+        submitter(self.backend).submit(prompt, sampling, stop, store, index=index, sample_index=sample_index)
+
     def _count(self, hits=0, requests=0, completion=None):
+        with self._usage_lock:
+            self._count_unlocked(hits, requests, completion)
+
+    def _count_unlocked(self, hits, requests, completion):
         step = self.usage.by_step.setdefault(self.step, {"requests": 0, "cache_hits": 0, "prompt_tokens": 0,
                                                          "completion_tokens": 0})
         for target in (self.usage.__dict__, step):

@@ -1,7 +1,9 @@
-"""The tool-integrated loop: stop at the marker, execute for real, append, continue."""
+"""The tool-integrated loop: stop at the marker, execute for real, append, continue; event-driven."""
+import threading
+
 import pytest
 
-from mumath.backends import Completion, Sampling, TransformersBackend, cut_at_stop
+from mumath.backends import Completion, Sampling, TransformersBackend, complete_with_submit, cut_at_stop
 from mumath.executor import SandboxPool
 from mumath.prompts import build_messages, read_fewshot
 from mumath.tir import OUTPUT_MARKER, code_blocks, last_code_block, run_tool_loop
@@ -45,7 +47,99 @@ def test_executes_appends_and_continues(pool):
     assert "FAKE" not in a.generation, "the model's own guess of the output is discarded"
     assert a.rounds == 2 and a.finish == "eos" and a.executions[0]["output"] == "42"
     assert b.rounds == 1 and b.executions == []
-    assert backend.calls == [2, 1], "all unfinished problems advance together"
+
+
+class GatedBackend:
+    """Answers each prompt's turns from a script; a turn may wait for an event first (no timing involved)."""
+
+    def __init__(self, scripts, gates=None):
+        self.scripts, self.gates = scripts, gates or {}
+
+    def format_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+        key = next(k for k in self.scripts if prompt.startswith(k))
+        text, finish = self.scripts[key].pop(0)
+        gate = self.gates.get(key)
+
+        def answer():
+            if gate is not None and not gate.wait(timeout=20):
+                callback(TimeoutError(f"{key}: the event it waited for never came (a barrier in the loop?)"))
+                return
+            cut, stopped = cut_at_stop(text, stop)
+            callback(Completion(cut, "stop" if stopped else finish, 1, 1))
+
+        threading.Thread(target=answer, daemon=True).start()
+
+    def complete(self, prompts, sampling, stop=(), on_result=None):
+        return complete_with_submit(self, prompts, sampling, stop, on_result)
+
+
+class SignallingPool:
+    """The sandbox, plus an event set when a given code starts running."""
+
+    def __init__(self, pool, code, event):
+        self.pool, self.code, self.event = pool, code, event
+
+    def execute(self, code, prelude=()):
+        if code.strip() == self.code:
+            self.event.set()
+        return self.pool.execute(code, prelude)
+
+
+def test_a_finished_trajectory_is_reported_while_others_run(pool):
+    """B is written out before A's generation even ends: no barrier between trajectories."""
+    b_reported = threading.Event()
+    backend = GatedBackend({"A": [("\\boxed{1}", "eos")], "B": [("\\boxed{2}", "eos")]}, gates={"A": b_reported})
+    finished = []
+
+    def on_finish(index, trajectory):
+        finished.append(index)
+        if index == 1:
+            b_reported.set()
+
+    a, b = run_tool_loop(backend, ["A", "B"], pool, Sampling(), on_finish=on_finish)
+    assert finished == [1, 0] and a.generation == "\\boxed{1}" and b.generation == "\\boxed{2}"
+
+
+def test_executions_overlap_generation(pool):
+    """A's code runs while B is still generating: B's step waits until A's execution has started, which a
+    round barrier (all generation, then all execution) would never allow."""
+    a_executing = threading.Event()
+    backend = GatedBackend({
+        "A": [("```python\nprint(6 * 7)\n```\n", "stop"), ("\\boxed{42}", "eos")],
+        "B": [("\\boxed{2}", "eos")],
+    }, gates={"B": a_executing})
+    a, b = run_tool_loop(backend, ["A", "B"], SignallingPool(pool, "print(6 * 7)", a_executing), Sampling())
+    assert a.executions[0]["output"] == "42" and a.finish == "eos" and b.generation == "\\boxed{2}"
+
+
+def test_max_in_flight_bounds_started_trajectories(pool):
+    started, peak = set(), []
+    lock = threading.Lock()
+
+    class Counting(GatedBackend):
+        def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+            with lock:
+                started.add(prompt[0])
+                peak.append(len(started) - len(done))
+            super().submit(prompt, sampling, stop, callback, index, sample_index)
+
+    done = set()
+    backend = Counting({key: [("\\boxed{0}", "eos")] for key in "ABCDE"})
+    run_tool_loop(backend, list("ABCDE"), pool, Sampling(), max_in_flight=2,
+                  on_finish=lambda index, t: done.add(index))
+    assert len(started) == 5 and max(peak) <= 2
+
+
+def test_backend_errors_reach_the_caller(pool):
+    class Failing(GatedBackend):
+        def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+            callback(RuntimeError("server said no"))
+
+    with pytest.raises(RuntimeError, match="server said no"):
+        run_tool_loop(Failing({}), ["A"], pool, Sampling())
 
 
 def test_errors_are_fed_back(pool):
