@@ -17,11 +17,14 @@ def test_run_dir_placeholder_is_expanded_everywhere():
                                                  "n": 3, "nested": {"p": "/runs/x"}}
 
 
-def test_quickstart_trains_both_stages_and_evaluates_the_stage2_model():
+def test_quickstart_trains_both_stages_and_evaluates_the_base_and_the_stage2_model():
     run, plan = load_params(REPO / "params" / "quickstart.yaml")
-    assert list(plan)[-4:] == ["stage1", "stage2", "evaluate", "analysis"]
+    assert list(plan)[-5:] == ["stage1", "stage2", "evaluate.base", "evaluate", "analysis"]
     assert "data" not in plan["stage1"] and "data" not in plan["stage2"]  # the filtered data: their default
-    assert plan["evaluate"]["model"] == "{run_dir}/stage2/final"
+    assert "limit" not in plan["stage1"] and "limit" not in plan["stage2"]  # evaluation's sample size stays there
+    assert plan["evaluate"]["model"] == "{run_dir}/stage2/final" and plan["evaluate.base"]["model"] == "embedded"
+    assert {k: v for k, v in plan["evaluate"].items() if k != "model"} == \
+        {k: v for k, v in plan["evaluate.base"].items() if k != "model"}  # the same sample and settings
     assert plan["stage1"]["finetune"] == plan["stage2"]["finetune"] == "lora"
 
 
