@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import step_of
+from .config import step_folders, step_of
 from .evaluate import wilson_interval
 from .records import read_jsonl, write_json
 
@@ -306,11 +306,9 @@ def _failing_example(row):
 def training_section(run_dir):
     """Per training stage: loss and learning rate per step (log.jsonl) and stats.json; None if neither ran."""
     stages = {}
-    folders = sorted(path for path in Path(run_dir).iterdir() if step_of(path.name) in STAGE_DIRS) \
-        if Path(run_dir).is_dir() else []
-    for folder in folders:  # stage1/, stage2/ and their variants (stage2.from_base/)
+    for folder in step_folders(run_dir):  # stage1/, stage2/ and their variants (stage2.from_base/)
         stage = folder.name
-        if not folder.is_dir():
+        if step_of(stage) not in STAGE_DIRS:
             continue
         logs = [folder / "log.jsonl"] if (folder / "log.jsonl").exists() else sorted(folder.glob("*.jsonl"))
         log = [row for path in logs for row in read_jsonl(path) if isinstance(row, dict) and "step" in row]

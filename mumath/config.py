@@ -86,6 +86,13 @@ def executed_notebook_name(key):
     return name if variant is None else name.replace(".ipynb", f".{variant}.ipynb")
 
 
+def step_folders(run_dir):
+    """The output folders under a run folder that belong to a step or a variant, by name ([] if none)."""
+    run_dir = Path(run_dir)
+    return sorted(path for path in run_dir.iterdir() if path.is_dir() and step_of(path.name)) \
+        if run_dir.is_dir() else []
+
+
 def step_output_dir(run_dir, step):
     """<run>/<step>/ for a step, <run>/<step>.<variant>/ for a variant."""
     return Path(run_dir) / (STEP_OUTPUTS[step] if step in STEP_OUTPUTS else step)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .check import check_plan
 from .config import (ParamsError, executed_notebook_name, load_params, notebook_of,
-                     notebook_parameters, outputs_root, project_root, step_of, step_order, step_output_dir)
+                     notebook_parameters, outputs_root, project_root, step_folders, step_order,
+                     step_output_dir)
 from .estimate import add_estimate_arguments, print_estimate
 from .manifest import Manifest, folder_hashes, package_fingerprint, sha256_file, sha256_path
 from .records import jsonl_is_complete
@@ -36,8 +37,7 @@ OUTPUTS = outputs_root()
 def upstream_folders(run_dir, step):
     """Output folders of the steps (variants included) of earlier recipe stages than `step`: its possible
     inputs. A variant does not see its siblings (`evaluate.base` does not read `evaluate/`)."""
-    folders = [path for path in Path(run_dir).iterdir() if path.is_dir() and step_of(path.name) is not None]
-    return sorted((path for path in folders if step_order(path.name) < step_order(step)),
+    return sorted((path for path in step_folders(run_dir) if step_order(path.name) < step_order(step)),
                   key=lambda path: (step_order(path.name), path.name))
 
 
@@ -56,7 +56,7 @@ def expand_run_dir(value, run_dir):
 def input_hashes(run_dir, step, recorded=()):
     """{name: sha256} of the step's upstream inputs as they are now (missing ones map to None)."""
     hashes = {}
-    for folder in upstream_folders(run_dir, step) if Path(run_dir).is_dir() else []:
+    for folder in upstream_folders(run_dir, step):
         hashes[f"{folder.name}/"] = sha256_path(folder)
     for path in recorded:
         if Path(path).resolve().is_relative_to(step_output_dir(run_dir, step).resolve()):
