@@ -8,7 +8,7 @@ parameter name, in `CHECKS`; a new step's parameter with one of these names is c
 """
 from pathlib import Path
 
-from .config import ParamsError, notebook_of, notebook_parameters
+from .config import ParamsError
 
 CHECKS = {}
 
@@ -116,11 +116,10 @@ def check_prompt_dir(value, params):
 
 
 def check_plan(params_file, plan):
-    """Run every check on every step (its notebook's defaults filled in); returns notes, raises ParamsError
-    naming the file and the parameter."""
+    """Run every check on every step (`plan` holds every parameter, resolved by `load_params`); returns notes,
+    raises ParamsError naming the file and the parameter."""
     notes = []
-    for step, params in plan.items():
-        full = dict(notebook_parameters(notebook_of(step)), **params)
+    for step, full in plan.items():
         for name, check in CHECKS.items():
             if name in full:
                 try:

@@ -1,29 +1,35 @@
-"""Run parameters: a YAML file validated against the notebooks' own `parameters` cells.
+"""Run parameters: a YAML file validated against the typed schema of every step (`mumath.params`).
 
 A params file looks like::
 
     run: quickstart            # outputs/<run>/
-    seed: 0                    # shared: given to every step whose notebook declares it
-    model: embedded
+    seed: 0                    # a shared setting: given to every step that has it
+    training: {finetune: lora} # a shared group: every training step (stage1, stage2 and their variants)
+    evaluation: {limit: 2}     # a shared group: every evaluate step
     steps:                     # the steps to run, in recipe order, each with its own parameters
       evaluate:
-        benchmarks: [gsm8k]
+        model: "{run_dir}/stage2/final"
       evaluate.base:           # a variant: the same notebook again, outputs in <run>/evaluate.base/
         model: embedded
 
+A top-level key is a shared setting or group (`params.SHARED`), or an error: a name that means different
+things in different steps (``limit``, ``max_rounds``, ``max_new_tokens``) lives in one group or step only.
 A step key is a step name or ``<step>.<variant>`` (the ablation trains stage 2 twice and evaluates four
 models in one run). A variant runs its step's notebook with its own parameters and its own output folder,
 which its notebook gets as ``step_name``; it runs after every step of an earlier recipe stage, in file order
-within its stage. Only notebooks that declare ``step_name`` (training and evaluation) take variants.
+within its stage. Only training and evaluation take variants.
 
-The `parameters` cell of each notebook is the schema: a key no notebook declares, or a value whose
-type differs from the notebook's default, fails before anything runs, naming the key and the file.
+Unknown keys, wrong types and out-of-range values fail before anything runs, naming the file and the key.
+docs/params.md has the layout and the groups.
 """
 import ast
 import re
 from pathlib import Path
 
 import yaml
+
+from .params import RUNNER_FIELDS, SHARED, SchemaError, declared_names, resolve, to_flat
+from .params import STEPS as SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -38,7 +44,7 @@ STEP_OUTPUTS = {step: step for step in STEPS}
 # `anchors` holds YAML anchors that several steps merge (``evaluate.base: {<<: *evaluation, model: embedded}``);
 # the runner reads it only through them.
 TOP_LEVEL = {"run", "steps", "description", "anchors"}
-RUNNER_PARAMS = {"run_dir", "step_name"}  # injected by the runner, not set by the user
+RUNNER_PARAMS = set(RUNNER_FIELDS)  # injected by the runner, not set by the user
 STEP_KEY = re.compile(r"^(?P<step>[a-z0-9]+)(?:\.(?P<variant>[A-Za-z0-9_-]+))?$")
 # A parameter named like a credential ("api_key", "hf_token", "password"); "max_new_tokens" is not one.
 SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|access_token|auth)$", re.I)
@@ -114,24 +120,9 @@ def notebook_parameters(notebook_path):
     return defaults
 
 
-def _type_ok(value, default):
-    if default is None or value is None:
-        return True  # None defaults mean "optional; any type"
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
-
-
-def _type_name(value):
-    return "null" if value is None else type(value).__name__
-
-
 def load_params(path):
-    """Read and validate a params file -> (run name, {step: parameters for its notebook})."""
+    """Read and validate a params file against the schema (`mumath.params`) -> (run name, {step key: the
+    step's parameters, every one resolved, by the flat names of its notebook's `parameters` cell})."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"params file {path} does not exist")
@@ -148,7 +139,11 @@ def load_params(path):
         raise ParamsError(f"{path}: 'steps' must map step names to their parameters")
     shared = {key: value for key, value in raw.items() if key not in TOP_LEVEL}
     refuse_secret_names(path, shared, raw["steps"])
-    plan, declared_anywhere = {}, set()
+    for key in shared:
+        if key not in SHARED:
+            raise ParamsError(f"{path}: parameter '{key}' is not a shared setting ({', '.join(SHARED)}); "
+                              f"{where_declared(key)}")
+    plan = {}
     for step, overrides in raw["steps"].items():
         if step_of(step) is None:
             raise ParamsError(f"{path}: unknown step 'steps.{step}'; steps: {list(STEPS)}, or "
@@ -159,37 +154,58 @@ def load_params(path):
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise ParamsError(f"{path}: 'steps.{step}' must be a mapping of parameters")
-        defaults = notebook_parameters(notebook)
-        if step != step_of(step) and "step_name" not in defaults:
-            raise ParamsError(f"{path}: 'steps.{step}': step '{step_of(step)}' takes no variants (its notebook "
-                              f"{notebook.name} writes to one fixed folder; it declares no step_name)")
-        declared_anywhere |= set(defaults)
-        for key, value in overrides.items():
-            if key not in defaults or key in RUNNER_PARAMS:
-                raise ParamsError(f"{path}: unknown parameter 'steps.{step}.{key}' "
-                                  f"(notebook {notebook.name} declares: {sorted(set(defaults) - RUNNER_PARAMS)})")
-        params = {key: value for key, value in shared.items() if key in defaults}
-        params.update(overrides)
-        for key, value in params.items():
-            if not _type_ok(value, defaults[key]):
-                where = f"steps.{step}.{key}" if key in overrides else key
-                raise ParamsError(f"{path}: parameter '{where}' should be {_type_name(defaults[key])} "
-                                  f"(like the default {defaults[key]!r}), got {_type_name(value)} {value!r}")
-        plan[step] = params
-    unknown_shared = set(shared) - declared_anywhere
-    if unknown_shared:
-        raise ParamsError(f"{path}: unknown parameter(s) {sorted(unknown_shared)}: no step's notebook declares them")
+        schema = SCHEMA[step_of(step)].config
+        if step != step_of(step) and "step_name" not in schema.model_fields:
+            raise ParamsError(f"{path}: 'steps.{step}': step '{step_of(step)}' takes no variants (it writes to "
+                              "one fixed folder)")
+        try:
+            config = resolve(step_of(step), shared, overrides, where=f"steps.{step}")
+        except SchemaError as error:
+            raise ParamsError(f"{path}: {error}") from None
+        plan[step] = {key: value for key, value in to_flat(step_of(step), config).items()
+                      if key not in RUNNER_PARAMS}
     return str(raw["run"]), dict(sorted(plan.items(), key=lambda item: step_order(item[0])))  # stable: file order
+
+
+def where_declared(key):
+    """Where a key that is not a shared setting can be set, for the error message."""
+    places = set()
+    for step, schema in SCHEMA.items():
+        for name in declared_names(schema.config):
+            parts = name.split(".")
+            if parts[-1] == key:
+                places.add(f"'{name}' in the top-level group '{parts[0]}'" if len(parts) > 1 and parts[0] in SHARED
+                           else f"'steps.{step}.{name}'")
+    from .params import flat_params
+
+    notebook_names = {".".join(p.path) for schema in SCHEMA.values() for p in flat_params(schema.config)
+                      if p.name == key and len(p.path) > 1}
+    if notebook_names:  # a notebook's flat name, e.g. teacher_model -> teacher: {model: ...}
+        return "it is a notebook's name for " + ", ".join(f"'{name}'" for name in sorted(notebook_names)) + \
+            "; in a params file write it inside its group (docs/params.md)"
+    if not places:
+        return "no step declares it"
+    return "it can be set as " + ", ".join(sorted(places))
 
 
 def refuse_secret_names(path, shared, steps):
     """A credential-looking key is refused before anything else looks at it (its value is never echoed)."""
-    named = [key for key in shared if is_secret_name(key)]
-    named += [f"steps.{step}.{key}" for step, overrides in steps.items() if isinstance(overrides, dict)
-              for key in overrides if is_secret_name(key)]
+    named = secret_keys(shared)
+    named += [f"steps.{step}.{key}" for step, overrides in steps.items() for key in secret_keys(overrides)]
     if named:
         raise ParamsError(f"{path}: parameter '{named[0]}' looks like a secret; secrets come from the "
                           "environment (name the variable in a '<name>_env' parameter, e.g. api_key_env)")
+
+
+def secret_keys(values, where=""):
+    """Dotted keys, groups included, that are named like a credential."""
+    if not isinstance(values, dict):
+        return []
+    found = []
+    for key, value in values.items():
+        here = f"{where}.{key}" if where else str(key)
+        found += [here] if is_secret_name(key) else secret_keys(value, here)
+    return found
 
 
 def redact(value):

@@ -17,7 +17,7 @@ per problem), and keep shares from its augment and filter statistics. Every numb
 import re
 from pathlib import Path
 
-from .config import ParamsError, load_params, notebook_of, notebook_parameters
+from .config import ParamsError, load_params
 
 # Rows of the published splits (the registry's table in the README); a split not here needs a `limit`.
 SPLIT_ROWS = {"gsm8k:train": 7473, "gsm8k:test": 1319, "math:train": 7500, "math:train_offline": 4500,
@@ -58,8 +58,8 @@ def split_rows(spec, default_split, limit):
 
 
 def step_params(plan, step):
-    """A step's parameters as its notebook will see them: the notebook's defaults, then the file's values."""
-    return {**notebook_parameters(notebook_of(step)), **plan[step]}
+    """A step's parameters as its notebook will see them (`load_params` resolves every one)."""
+    return plan[step]
 
 
 def model_billions(name, default):
@@ -138,7 +138,7 @@ def measured_usage(run_dir):
 # ------------------------------------------------------------------------------------------ estimate
 
 def _teacher_entry(requests, prompt_tokens, completion_tokens, params):
-    prices = (params.get("price_per_1m_prompt"), params.get("price_per_1m_completion"))
+    prices = (params.get("teacher_price_per_1m_prompt"), params.get("teacher_price_per_1m_completion"))
     cost = None if None in prices else (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
     return {"requests": round(requests), "prompt_tokens": round(prompt_tokens),
             "completion_tokens": round(completion_tokens), "cost_usd": cost, "teacher": params.get("teacher_model"),

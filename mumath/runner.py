@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from .check import check_plan
-from .config import (ParamsError, executed_notebook_name, load_params, notebook_of,
-                     notebook_parameters, outputs_root, project_root, step_folders, step_order,
-                     step_output_dir)
+from .config import (ParamsError, executed_notebook_name, load_params, notebook_of, outputs_root,
+                     project_root, step_folders, step_of, step_order, step_output_dir)
 from .estimate import add_estimate_arguments, print_estimate
 from .manifest import Manifest, folder_hashes, package_fingerprint, sha256_file, sha256_path
+from .params import STEPS as SCHEMA
 from .records import jsonl_is_complete
 
 KERNEL_NAME = "python3"  # ipykernel's native spec: the interpreter running this runner (the project venv)
@@ -182,11 +182,11 @@ def quiet_kernel_manager():
 
 
 def execute_notebook(step, params, run_dir, output, log_output=True):
-    notebook = notebook_of(step)
+    """The notebook gets every parameter of the step (resolved by `load_params`), plus where it runs."""
     injected = {"run_dir": str(run_dir)}
-    if "step_name" in notebook_parameters(notebook):
+    if "step_name" in SCHEMA[step_of(step)].config.model_fields:
         injected["step_name"] = step  # where a variant writes: <run>/<step>.<variant>/
-    run_notebook(notebook, output, dict(expand_run_dir(params, run_dir), **injected), log_output)
+    run_notebook(notebook_of(step), output, dict(expand_run_dir(params, run_dir), **injected), log_output)
 
 
 def run_notebook(notebook, output, parameters, log_output=True):
