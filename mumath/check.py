@@ -118,12 +118,18 @@ def check_prompt_dir(value, params):
 def check_plan(params_file, plan):
     """Run every check on every step (`plan` holds every parameter, resolved by `load_params`); returns notes,
     raises ParamsError naming the file and the parameter."""
+    from .config import step_of
+    from .params import STEPS, flat_params
+
     notes = []
     for step, full in plan.items():
+        # the key as a params file writes it: benchmarks -> evaluation.benchmarks
+        keys = {p.name: ".".join(p.path) for p in flat_params(STEPS[step_of(step)].config)}
         for name, check in CHECKS.items():
             if name in full:
                 try:
                     notes += [f"{step}: {note}" for note in check(full[name], full)]
                 except ParamsError as error:
-                    raise ParamsError(f"{params_file}: parameter 'steps.{step}.{name}': {error}") from error
+                    raise ParamsError(f"{params_file}: parameter 'steps.{step}.{keys.get(name, name)}': "
+                                      f"{error}") from error
     return notes

@@ -180,12 +180,12 @@ def where_declared(key):
 
     notebook_names = {".".join(p.path) for schema in SCHEMA.values() for p in flat_params(schema.config)
                       if p.name == key and len(p.path) > 1}
+    if places:
+        return "it can be set as " + ", ".join(sorted(places))
     if notebook_names:  # a notebook's flat name, e.g. teacher_model -> teacher: {model: ...}
         return "it is a notebook's name for " + ", ".join(f"'{name}'" for name in sorted(notebook_names)) + \
             "; in a params file write it inside its group (docs/params.md)"
-    if not places:
-        return "no step declares it"
-    return "it can be set as " + ", ".join(sorted(places))
+    return "no step declares it"
 
 
 def refuse_secret_names(path, shared, steps):

@@ -58,8 +58,11 @@ def split_rows(spec, default_split, limit):
 
 
 def step_params(plan, step):
-    """A step's parameters as its notebook will see them (`load_params` resolves every one)."""
-    return plan[step]
+    """A step's parameters as its notebook will see them: the schema's defaults, then the plan's values."""
+    from .config import step_of
+    from .params import step_defaults, to_flat
+
+    return {**to_flat(step_of(step), step_defaults(step_of(step))), **plan[step]}
 
 
 def model_billions(name, default):

@@ -314,39 +314,55 @@ def declared_names(model, path=()):
     return names
 
 
-def check_names(values, model, where):
+def check_names(values, model, where, runner_fields_ok=False):
     """Unknown names, and a value where a group is expected, fail with their dotted path."""
     if not isinstance(values, dict):
         raise SchemaError(where, f"should be a mapping of parameters, got {type(values).__name__}")
     for key, value in values.items():
         info = model.model_fields.get(key)
         here = f"{where}.{key}" if where else key
-        if info is None or key in RUNNER_FIELDS:
+        if info is None or (key in RUNNER_FIELDS and not runner_fields_ok):
             known = sorted(set(model.model_fields) - set(RUNNER_FIELDS))
             raise SchemaError(here, f"unknown; {model.__name__} declares {known}")
         if is_group(info.annotation):
             check_names(value, info.annotation, here)
 
 
-def resolve(step, shared=None, overrides=None, where=None):
+def resolve(step, shared=None, overrides=None, where=None, runner_fields_ok=False):
     """The step's configuration: declared defaults < the step's defaults < shared settings < its own entries.
 
     `step` is a recipe step ('stage2'); errors name the dotted key as written in the file (`where` prefixes
-    the step's own entries, e.g. 'steps.stage2.only')."""
+    the step's own entries, e.g. 'steps.stage2.only'). `run_dir` and `step_name` come from the runner (or
+    a notebook's cell), never from a params file."""
     schema = STEPS[step]
     where = where or f"steps.{step}"
     shared = {key: value for key, value in (shared or {}).items() if key in schema.config.model_fields}
     check_names(shared, schema.config, "")
-    check_names(overrides or {}, schema.config, where)
+    check_names(overrides or {}, schema.config, where, runner_fields_ok)
     values = deep_merge(deep_merge(step_defaults(step), shared), overrides or {})
     try:
         return schema.config.model_validate(values)
     except ValidationError as error:
         problem = error.errors()[0]
-        loc = ".".join(str(part) for part in problem["loc"])
-        mine = _lookup(overrides or {}, problem["loc"])
+        path = parameter_path(schema.config, problem["loc"])
+        loc = ".".join(path)
+        mine = _lookup(overrides or {}, path)
         key = f"{where}.{loc}" if mine else loc
         raise SchemaError(key, f"{problem['msg']}, got {problem.get('input')!r}") from None
+
+
+def parameter_path(model, loc):
+    """The parameter an error location points into: ('evaluation', 'modes', 0) -> ('evaluation', 'modes')."""
+    path = []
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            break
+        path.append(part)
+        if not is_group(info.annotation):
+            break
+        model = info.annotation
+    return tuple(path)
 
 
 def _lookup(values, loc):
@@ -416,7 +432,11 @@ def from_notebook(step, namespace):
     from .config import step_of
 
     step = step_of(step) or step
-    return resolve(step, overrides=from_flat(step, namespace), where="notebook parameter")
+    try:
+        return resolve(step, overrides=from_flat(step, namespace), where="notebook", runner_fields_ok=True)
+    except SchemaError as error:  # name the cell's variable: evaluation.limit -> limit
+        names = {".".join(("notebook",) + p.path): p.name for p in flat_params(STEPS[step].config)}
+        raise SchemaError(names.get(error.key, error.key), str(error).split(": ", 1)[1]) from None
 
 
 def parameters_cell(step):

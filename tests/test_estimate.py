@@ -8,23 +8,24 @@ from mumath.runner import main
 
 PARAMS = """
 run: est
-teacher_model: gpt-4o-mini
-seed_benchmarks: [gsm8k:train, math:train_offline]
-seeds_per_benchmark: 10
+teacher: {model: gpt-4o-mini}
+seeds:
+  benchmarks: [gsm8k:train, math:train_offline]
+  per_benchmark: 10
 steps:
   augment:
     methods: {rephrase: 2, alter: 1, fobar: 1, bf_trans: 1}
-    price_per_1m_prompt: 0.15
-    price_per_1m_completion: 0.6
+    teacher: {price_per_1m_prompt: 0.15, price_per_1m_completion: 0.6}
   synthesize:
     stages: {cot: 2, tir: 3}
     max_rounds: 3
     few_shot: 1
   evaluate:
     model: meta-llama/Llama-2-13b-hf
-    benchmarks: [gsm8k, math500]
-    limit: null
-    modes: [tir]
+    evaluation:
+      benchmarks: [gsm8k, math500]
+      limit: null
+      modes: [tir]
 """
 
 
@@ -103,7 +104,7 @@ def test_paper_recipes_validate_and_estimate(capsys):
 
 def test_unknown_split_needs_a_limit(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("run: x\nsteps:\n  evaluate:\n    benchmarks: [my-set]\n    limit: null\n"
+    path.write_text("run: x\nsteps:\n  evaluate:\n    evaluation: {benchmarks: [my-set], limit: null}\n"
                     "    extra_benchmarks: {my-set: {splits: {test: {local: /x.jsonl}}, question: q, answer: a}}\n")
     with pytest.raises(ParamsError, match="my-set:test"):
         estimate(path)

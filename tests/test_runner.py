@@ -23,27 +23,42 @@ def write_params(tmp_path, **params):
     return path
 
 
-def tiny(run="tiny", with_data_steps=False, **evaluate):
-    settings = dict(benchmarks=["gsm8k", "svamp"], limit=1, modes=["tir"], max_new_tokens=24, max_rounds=1,
-                    exec_workers=1, few_shot=1)
-    settings.update(evaluate)
-    steps = {"evaluate": settings}
+def tiny(run="tiny", with_data_steps=False, model="embedded"):
+    evaluation = dict(benchmarks=["gsm8k", "svamp"], limit=1, modes=["tir"], max_rounds=1, few_shot=1,
+                      generation={"max_new_tokens": 24})
+    steps = {"evaluate": {"model": model}}
     if with_data_steps:
-        steps["augment"] = dict(methods={"rephrase": 1, "fobar": 1}, max_new_tokens=24)
-        steps["synthesize"] = dict(stages={"tir": 1}, max_new_tokens=24, max_rounds=1, exec_workers=1)
+        steps["augment"] = dict(methods={"rephrase": 1, "fobar": 1}, generation={"max_new_tokens": 24})
+        steps["synthesize"] = dict(stages={"tir": 1}, generation={"max_new_tokens": 24}, max_rounds=1)
         steps["filter"] = dict(decontaminate_benchmarks=["gsm8k", "svamp"])
-        return dict(run=run, seed=0, model="embedded", teacher_model="embedded", seed_benchmarks=["gsm8k:train"],
-                    seeds_per_benchmark=1, steps=steps)
-    return dict(run=run, seed=0, model="embedded", steps=steps)
+        return dict(run=run, seed=0, teacher={"model": "embedded"}, seeds={"benchmarks": ["gsm8k:train"],
+                    "per_benchmark": 1}, sandbox={"workers": 1}, evaluation=evaluation, steps=steps)
+    return dict(run=run, seed=0, sandbox={"workers": 1}, evaluation=evaluation, steps=steps)
 
 
 @pytest.mark.parametrize("params,message", [
-    (dict(run="x", steps={"evaluate": {"benchmark": ["gsm8k"]}}), "unknown parameter 'steps.evaluate.benchmark'"),
-    (dict(run="x", modle="embedded", steps={"evaluate": {}}), r"unknown parameter\(s\) \['modle'\]"),
-    (dict(run="x", steps={"evaluate": {"limit": "ten"}}), "'steps.evaluate.limit' should be int"),
-    (dict(run="x", steps={"evaluate": {"temperature": "hot"}}), "'steps.evaluate.temperature' should be float"),
-    (dict(run="x", steps={"evaluate": {"modes": "tir"}}), "'steps.evaluate.modes' should be list"),
-    (dict(run="x", seed="zero", steps={"evaluate": {}}), "parameter 'seed' should be int"),
+    (dict(run="x", steps={"evaluate": {"benchmark": ["gsm8k"]}}), "parameter 'steps.evaluate.benchmark': unknown"),
+    (dict(run="x", modle="embedded", steps={"evaluate": {}}), "parameter 'modle' is not a shared setting"),
+    (dict(run="x", steps={"evaluate": {"evaluation": {"limit": "ten"}}}),
+     "'steps.evaluate.evaluation.limit': Input should be a valid integer"),
+    (dict(run="x", steps={"evaluate": {"evaluation": {"generation": {"temperature": "hot"}}}}),
+     "'steps.evaluate.evaluation.generation.temperature': Input should be a valid number"),
+    (dict(run="x", steps={"evaluate": {"evaluation": {"modes": "tir"}}}),
+     "'steps.evaluate.evaluation.modes': Input should be a valid list"),
+    (dict(run="x", seed="zero", steps={"evaluate": {}}), "parameter 'seed': Input should be a valid integer"),
+    (dict(run="x", steps={"evaluate": {"evaluation": {"limit": -3}}}),
+     "'steps.evaluate.evaluation.limit': Input should be greater than or equal to 1, got -3"),
+    (dict(run="x", evaluation={"limit": 0}, steps={"evaluate": {}}),
+     "parameter 'evaluation.limit': Input should be greater than or equal to 1, got 0"),
+    (dict(run="x", limit=5, steps={"evaluate": {}, "stage1": {}}),
+     r"'limit' is not a shared setting .*'evaluation.limit' in the top-level group 'evaluation'"),
+    (dict(run="x", steps={"evaluate": {"limit": 5}}), "'steps.evaluate.limit': unknown"),
+    (dict(run="x", training={"limit": 5}, steps={"stage1": {}}), "'training.limit': unknown"),
+    (dict(run="x", teacher_model="gpt-4o", steps={"augment": {}}),
+     "it is a notebook's name for 'teacher.model'; in a params file write it inside its group"),
+    (dict(run="x", steps={"stage1": {"training": {"finetune": "qlora4"}}}),
+     "'steps.stage1.training.finetune': Input should be 'full', 'lora' or 'qlora'"),
+    (dict(run="x", steps={"stage1": {"training": 3}}), "'steps.stage1.training': should be a mapping"),
     (dict(steps={"evaluate": {}}), "missing parameter 'run'"),
     (dict(run="x"), "missing parameter 'steps'"),
     (dict(run="x", steps={"evalute": {}}), "unknown step 'steps.evalute'"),
@@ -61,6 +76,13 @@ def test_cli_fails_before_running_anything(tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and "steps.evaluate.limt" in out.stderr and str(path) in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_check_refuses_a_negative_limit_naming_file_and_key(tmp_path):
+    path = write_params(tmp_path, run="x", evaluation={"limit": -1}, steps={"evaluate": {}})
+    out = subprocess.run([sys.executable, "-m", "mumath", "check", str(path)], cwd=REPO, capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and str(path) in out.stderr and "'evaluation.limit'" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("where", ["step", "shared"])
@@ -158,8 +180,7 @@ def test_failing_step_keeps_its_notebook_and_earlier_outputs(tmp_path, data_dir,
     run_dir = tmp_path / "out" / "broken"
     run_dir.mkdir(parents=True)
     (run_dir / "earlier.txt").write_text("keep me")
-    params = tiny(run="broken")
-    params["model"] = str(tmp_path / "no-such-model")
+    params = tiny(run="broken", model=str(tmp_path / "no-such-model"))
     path = write_params(tmp_path, **params)
     result = run_cli(path, tmp_path / "out")
     assert result.returncode == 1
@@ -193,12 +214,13 @@ def check_cli(path, capsys):
 
 
 @pytest.mark.parametrize("evaluate,message", [
-    ({"benchmarks": ["gsm8kk"]}, "'steps.evaluate.benchmarks': 'gsm8kk': unknown benchmark 'gsm8kk'; known:"),
-    ({"benchmarks": ["gsm8k:validation"]}, "has no split 'validation'"),
-    ({"benchmarks": ["mine"], "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/nope/x.jsonl"}},
+    ({"evaluation": {"benchmarks": ["gsm8kk"]}},
+     "'steps.evaluate.evaluation.benchmarks': 'gsm8kk': unknown benchmark 'gsm8kk'; known:"),
+    ({"evaluation": {"benchmarks": ["gsm8k:validation"]}}, "has no split 'validation'"),
+    ({"evaluation": {"benchmarks": ["mine"]}, "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/nope/x.jsonl"}},
                                                            "question": "q", "answer": "a"}}},
      "no local copy \\(looked in: /nope/x.jsonl\\)"),
-    ({"benchmarks": ["mine"], "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/x.jsonl"}},
+    ({"evaluation": {"benchmarks": ["mine"]}, "extra_benchmarks": {"mine": {"splits": {"test": {"local": "/x.jsonl"}},
                                                            "question": "q", "answer": "a",
                                                            "answer_parser": "after_hsh"}}},
      "'after_hsh' is not one of"),
@@ -214,7 +236,8 @@ def test_check_reads_local_rows_and_names_the_bad_line(tmp_path, capsys):
     data = tmp_path / "mine.jsonl"
     data.write_text('{"q": "1", "a": "#### 1"}\n{"q": "2", "answer": "#### 2"}\n')
     entry = {"splits": {"test": {"local": str(data)}}, "question": "q", "answer": "a", "answer_parser": "after_hash"}
-    path = write_params(tmp_path, run="x", steps={"evaluate": {"benchmarks": ["mine"], "extra_benchmarks": {"mine": entry}}})
+    path = write_params(tmp_path, run="x", steps={"evaluate": {"evaluation": {"benchmarks": ["mine"]},
+                                                              "extra_benchmarks": {"mine": entry}}})
     code, out = check_cli(path, capsys)
     assert code == 2 and f"{data}:2: field 'a' missing" in out.err
     data.write_text('{"q": "1", "a": "#### 1"}\n')
@@ -226,7 +249,8 @@ def test_check_finds_missing_prompt_templates(tmp_path, capsys):
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "tir.txt").write_text("{question}")
-    path = write_params(tmp_path, run="x", steps={"evaluate": {"prompt_dir": str(prompts), "modes": ["tir", "cot"]}})
+    path = write_params(tmp_path, run="x", steps={"evaluate": {"prompt_dir": str(prompts),
+                                                              "evaluation": {"modes": ["tir", "cot"]}}})
     code, out = check_cli(path, capsys)
     assert code == 2 and "lacks ['cot.txt']" in out.err
 
@@ -326,11 +350,18 @@ def test_relative_run_dirs_land_under_the_projects_outputs(tmp_path, monkeypatch
     """`make lab` opens notebooks/: a notebook run there must still write to ./outputs/<run>."""
     from mumath.config import resolve_run_dir
 
+    import inspect
+
+    from mumath.steps import RUNNERS
+
     monkeypatch.chdir(REPO / "notebooks")
     assert resolve_run_dir("outputs/notebook-dev") == REPO / "outputs" / "notebook-dev"
     assert resolve_run_dir(str(tmp_path)) == tmp_path
+    for step, runner in RUNNERS.items():
+        assert "resolve_run_dir(config.run_dir)" in inspect.getsource(runner), step
     for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
-        assert "run_dir = resolve_run_dir(run_dir)" in notebook.read_text(), notebook.name
+        if "{run_dir}" in notebook.read_text():  # a notebook that reads the run folder itself resolves it too
+            assert "run_dir = resolve_run_dir(config.run_dir)" in notebook.read_text(), notebook.name
 
 
 def test_a_clean_notebook_run_prints_no_alarm(tmp_path):
@@ -398,7 +429,8 @@ def test_the_runner_gives_a_variant_its_step_name(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(mumath.runner, "run_notebook", lambda notebook, output, parameters, log_output=True:
                         seen.setdefault(Path(output).name, (Path(notebook).name, parameters)))
-    path = write_params(tmp_path, run="v", steps={"evaluate": {"limit": 1}, "evaluate.base": {"limit": 2}})
+    path = write_params(tmp_path, run="v", steps={"evaluate": {"evaluation": {"limit": 1}},
+                                                  "evaluate.base": {"evaluation": {"limit": 2}}})
     mumath.runner.run(path, outputs=tmp_path / "out", log_output=False)
     assert seen["06_evaluate.ipynb"][1]["step_name"] == "evaluate"
     notebook, parameters = seen["06_evaluate.base.ipynb"]

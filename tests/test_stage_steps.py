@@ -20,8 +20,9 @@ def test_run_dir_placeholder_is_expanded_everywhere():
 def test_quickstart_trains_both_stages_and_evaluates_the_base_and_the_stage2_model():
     run, plan = load_params(REPO / "params" / "quickstart.yaml")
     assert list(plan)[-5:] == ["stage1", "stage2", "evaluate.base", "evaluate", "analysis"]
-    assert "data" not in plan["stage1"] and "data" not in plan["stage2"]  # the filtered data: their default
-    assert "limit" not in plan["stage1"] and "limit" not in plan["stage2"]  # evaluation's sample size stays there
+    assert plan["stage1"]["data"] is None and plan["stage2"]["data"] is None  # the filtered data: their default
+    assert plan["stage1"]["max_rows"] is None and "limit" not in plan["stage1"]  # evaluation's sample stays there
+    assert plan["evaluate"]["limit"] == plan["evaluate.base"]["limit"] == 2
     assert plan["evaluate"]["model"] == "{run_dir}/stage2/final" and plan["evaluate.base"]["model"] == "embedded"
     assert {k: v for k, v in plan["evaluate"].items() if k != "model"} == \
         {k: v for k, v in plan["evaluate.base"].items() if k != "model"}  # the same sample and settings
@@ -41,12 +42,8 @@ def test_paper_recipe_batch_is_computed_from_its_parts():
     load_params(REPO / "params" / "colab-t4-qlora.yaml")
 
 
-@pytest.mark.slow
-def test_stage1_stage2_evaluate_through_the_notebooks(tmp_path, data_dir):
-    """papermill runs 04 -> 05 -> 06; the evaluate step loads the stage-2 model by '{run_dir}'."""
-    import subprocess
-    import sys
-
+def tiny_model_and_rows(tmp_path):
+    """A one-layer model built from the embedded model's config, and two training rows (CoT, code-nested)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mumath.models import embedded_model_dir
@@ -62,16 +59,46 @@ def test_stage1_stage2_evaluate_through_the_notebooks(tmp_path, data_dir):
              "```python\nprint(6 * 7)\n```\n```output\n42\n```\nSo \\boxed{42}."}]}]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    training = dict(max_steps=1, global_batch_size=2, per_device_batch_size=2, max_length=256, finetune="lora")
-    params = {"run": "stages", "seed": 0, **training, "steps": {
-        "stage1": {"init_model": str(tiny), "data": str(data)},
-        "stage2": {"data": str(data)},
-        "evaluate": {"model": "{run_dir}/stage2/final", "benchmarks": ["gsm8k"], "limit": 1, "modes": ["tir"],
-                     "max_new_tokens": 8, "max_rounds": 1, "exec_workers": 1, "data_dir": str(data_dir)}}}
+    return tiny, data
+
+
+def run_params(tmp_path, params):
+    import subprocess
+    import sys
+
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(params))
-    out = subprocess.run([sys.executable, "-m", "mumath", "run", str(path), "--outputs", str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True, timeout=1200)
+    return subprocess.run([sys.executable, "-m", "mumath", "run", str(path), "--outputs", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_a_stage2_variant_runs_alone_into_its_own_folder(tmp_path):
+    """A params file with `stage2.only` and no `stage2`: 05_stage2 trained, then failed in its plot cell with
+    KeyError: 'step' (it read <run>/stage2/log.jsonl); with `stage2` too it drew over stage2/loss.png."""
+    tiny, data = tiny_model_and_rows(tmp_path)
+    out = run_params(tmp_path, {"run": "variant", "training": dict(max_steps=1, global_batch_size=2,
+                                                                   per_device_batch_size=2, max_length=256),
+                                "steps": {"stage2.only": {"init_model": str(tiny), "data": str(data)}}})
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "o" / "variant"
+    assert (run_dir / "stage2.only" / "loss.png").exists() and (run_dir / "stage2.only" / "final").is_dir()
+    assert not (run_dir / "stage2").exists() and (run_dir / "05_stage2.only.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_stage1_stage2_evaluate_through_the_notebooks(tmp_path, data_dir):
+    """papermill runs 04 -> 05 -> 06; the evaluate step loads the stage-2 model by '{run_dir}'."""
+
+    tiny, data = tiny_model_and_rows(tmp_path)
+    training = dict(max_steps=1, global_batch_size=2, per_device_batch_size=2, max_length=256, finetune="lora")
+    params = {"run": "stages", "seed": 0, "training": training, "steps": {
+        "stage1": {"init_model": str(tiny), "data": str(data)},
+        "stage2": {"data": str(data)},
+        "evaluate": {"model": "{run_dir}/stage2/final", "data_dir": str(data_dir), "sandbox": {"workers": 1},
+                     "evaluation": {"benchmarks": ["gsm8k"], "limit": 1, "modes": ["tir"], "max_rounds": 1,
+                                    "generation": {"max_new_tokens": 8}}}}}
+    out = run_params(tmp_path, params)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "o" / "stages"
     stage2 = json.loads((run_dir / "stage2" / "stats.json").read_text())
