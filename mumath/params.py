@@ -225,11 +225,15 @@ class FilterStepConfig(ExtraBenchmarks, DataDir, Step):
                                                  "not dropped")
 
 
-class StageConfig(Seeded, PromptDir, Variant, Step):
-    """Steps 4 and 5: one SFT stage (they differ only in their defaults, `STEPS`)."""
+class StageInputs(Settings):
     init_model: Optional[str] = param(None, "'embedded', a folder or a hub id; None: <run_dir>/stage1/final")
     data: Optional[str] = param(None, "chat-format JSONL; None: <run_dir>/filter/<stage>.jsonl")
     mode: Literal["cot", "tir"] = param("cot", "prompt format trained here, and evaluated in")
+
+
+class StageConfig(Seeded, PromptDir, StageInputs, Variant, Step):
+    """Steps 4 and 5: one SFT stage (they differ only in their defaults, `STEPS`); `mumath.sft.TrainConfig`
+    is the same parameters, flattened, plus the output folder."""
     training: Training = Training()
 
 

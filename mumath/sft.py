@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from .params import PromptDir, Seeded, StageInputs, Training
 from .records import append_jsonl, read_jsonl, write_json, write_jsonl
 
-FINETUNE_MODES = ("full", "lora", "qlora")
-PROMPT_MODES = ("cot", "tir")
 # Packing (best-fit decreasing, padding-free) per device. Measured on CPU (benchmarks/results/train-cpu.json):
 # one packed row of 1024 tokens per step beats padded batches of 4 (no padding; sdpa attends the row as a
 # whole, which costs little next to the MLPs at this length), so keep per_device_batch_size 1 when packing
@@ -38,61 +38,32 @@ class TrainConfigError(ValueError):
     pass
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Training, StageInputs, PromptDir, Seeded):
+    """One stage's training job: the parameters of `mumath.params` (the `training` group and the stage's
+    inputs, declared there once) plus its output folder. Invalid values raise TrainConfigError."""
     output_dir: str
-    data: str
-    init_model: str = "embedded"
-    mode: str = "cot"                 # prompt format the model is trained (and evaluated) in: cot | tir
-    finetune: str = "full"            # full | lora | qlora
-    epochs: float = 3.0
-    max_steps: int = -1               # > 0 overrides epochs
-    learning_rate: float = 2e-5
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.03        # share of the steps (transformers 5: warmup_steps < 1 is a ratio)
-    weight_decay: float = 0.0
-    global_batch_size: int = 128      # = per-device x accumulation x processes; accumulation is computed
-    per_device_batch_size: int = 1
-    max_length: int = 2048
-    packing: object = None            # True | False | None: per device (AUTO_PACKING)
-    group_by_length: bool = True       # padded batches: draw batches of similar lengths (less padding)
-    gradient_checkpointing: bool = False
-    precision: str = "auto"           # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
-    attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: object = None  # None: every linear layer ("all-linear")
-    save_steps: int = 50
-    save_total_limit: int = 2
-    limit: object = None              # train on the first `limit` rows only (quick runs)
-    seed: int = 0
-    prompt_dir: object = None
+
+    def __init__(self, **values):
+        unknown = set(values) - set(type(self).model_fields)
+        if unknown:
+            raise TrainConfigError(f"unknown training parameter(s) {sorted(unknown)}")
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            name = ".".join(str(part) for part in problem["loc"])
+            raise TrainConfigError(f"parameter '{name}': {problem['msg']}, got {problem.get('input')!r}") from None
 
     def validate(self):
-        if self.finetune not in FINETUNE_MODES:
-            raise TrainConfigError(f"parameter 'finetune' is '{self.finetune}'; one of {FINETUNE_MODES}")
-        if self.mode not in PROMPT_MODES:
-            raise TrainConfigError(f"parameter 'mode' is '{self.mode}'; one of {PROMPT_MODES}")
-        if self.packing not in (True, False, None):
-            raise TrainConfigError(f"parameter 'packing' is {self.packing!r}; true, false or null (per device)")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise TrainConfigError(f"parameter 'precision' is '{self.precision}'; auto, bf16, fp16 or fp32")
-        for name in ("global_batch_size", "per_device_batch_size", "max_length", "save_steps"):
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"parameter '{name}' must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise TrainConfigError(f"parameter 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        """What one field's range cannot say."""
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
+        if self.data is None:
+            raise TrainConfigError("parameter 'data' is not set")
         return self
 
     @classmethod
     def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise TrainConfigError(f"unknown training parameter(s) {sorted(unknown)}")
         return cls(**data).validate()
 
 
@@ -201,8 +172,8 @@ def fingerprint(config, data_path, init_path):
     """sha256 over the configuration (minus bookkeeping) and the data and initial model it reads."""
     from .manifest import sha256_path
 
-    settings = {key: value for key, value in asdict(config).items()
-                if key not in ("output_dir", "save_steps", "save_total_limit")}
+    settings = {key: value for key, value in config.model_dump().items()  # not where, nor how often it saves
+                if key not in ("output_dir", "save_steps", "save_total_limit", "num_processes", "accelerate_config")}
     blob = {"config": settings, "data": sha256_path(data_path),
             "init_model": sha256_path(init_path) if Path(init_path).exists() else str(init_path)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
@@ -403,14 +374,14 @@ def train(config, print_fn=print):
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         prepare_output(out, print_fn, digest)
-        write_json(out / CONFIG_FILE, {"fingerprint": digest, "config": asdict(config), "init_path": init_path})
+        write_json(out / CONFIG_FILE, {"fingerprint": digest, "config": config.model_dump(), "init_path": init_path})
 
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
     if ensure_chat_template(tokenizer):
         print_fn(f"[train] {init_path} has no chat template; using mumath.train.FALLBACK_CHAT_TEMPLATE")
     rows = load_rows(config.data)
-    rows = rows[:config.limit] if config.limit else rows
+    rows = rows[:config.max_rows] if config.max_rows else rows
     examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
                                           source=str(config.data))
     if not examples:
@@ -489,19 +460,22 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
 
 # ---------------------------------------------------------------- launching
 
-def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
-    """Train in this process, or in `num_processes` ranks under `accelerate launch` (ZeRO-3, FSDP2, gloo).
+def launch(config, num_processes=None, accelerate_config=None, print_fn=print):
+    """Train in this process, or in `num_processes` ranks under `accelerate launch` (ZeRO-3, FSDP2, gloo);
+    both default to the configuration's.
 
     The launched ranks run ``python -m mumath.sft <output_dir>/launch.json``; the stats come back from
     <output_dir>/stats.json.
     """
     config.validate()
+    num_processes = num_processes or config.num_processes
+    accelerate_config = accelerate_config or config.accelerate_config
     if num_processes <= 1 and not accelerate_config:
         return train(config, print_fn)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "launch.json"
-    write_json(spec, asdict(config))
+    write_json(spec, config.model_dump())
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         command += ["--config_file", str(accelerate_config)]
@@ -522,11 +496,11 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     return json.loads((out / STATS).read_text())
 
 
-def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, step_name=None,
-              **settings):
+def run_stage(run_dir, stage, data=None, init_model=None, step_name=None, **settings):
     """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log).
 
-    `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2.
+    `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2;
+    `settings` are the rest of `TrainConfig` (`mumath.params.Training`, mode, seed, prompt_dir).
     """
     from .manifest import record_inputs
     from .models import resolve_model_path
@@ -542,7 +516,7 @@ def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accel
                                         init_model=init_model))
     init_path = resolve_model_path(init_model)
     record_inputs(run_dir, [data] + ([init_path] if Path(init_path).exists() else []))
-    return launch(config, num_processes, accelerate_config)
+    return launch(config)
 
 
 def main(argv=None):

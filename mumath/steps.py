@@ -90,13 +90,9 @@ def run_stage(config):
     from .sft import run_stage as train_stage
 
     run_dir = resolve_run_dir(config.run_dir)
-    training = config.training.model_dump()
-    launch = {key: training.pop(key) for key in ("num_processes", "accelerate_config")}
-    training["limit"] = training.pop("max_rows")
-    stats = train_stage(run_dir, step_of(config.step_name), data=config.data, init_model=config.init_model,
-                        step_name=config.step_name, mode=config.mode, seed=config.seed,
-                        prompt_dir=config.prompt_dir, **launch, **training)
-    return stats
+    return train_stage(run_dir, step_of(config.step_name), data=config.data, init_model=config.init_model,
+                       step_name=config.step_name, mode=config.mode, seed=config.seed, prompt_dir=config.prompt_dir,
+                       **config.training.model_dump())
 
 
 def plot_training_log(stage_dir):

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -73,7 +72,9 @@ def test_global_batch_is_computed_never_rounded():
 
 def test_bad_configuration_names_the_parameter(tmp_path):
     for field, value, message in [("finetune", "qlora4", "'finetune'"), ("mode", "pot", "'mode'"),
-                                  ("packing", "yes", "'packing'"), ("per_device_batch_size", 0, "at least 1")]:
+                                  ("packing", "yes", "'packing'"),
+                                  ("per_device_batch_size", 0, "'per_device_batch_size'.*greater than or equal to 1"),
+                                  ("max_rows", -2, "'max_rows'.*greater than or equal to 1")]:
         with pytest.raises(TrainConfigError, match=message):
             TrainConfig(output_dir=str(tmp_path), data="x", **{field: value}).validate()
     with pytest.raises(TrainConfigError, match="unknown training parameter"):
@@ -133,7 +134,7 @@ def test_lora_merge_changes_weights_and_stage2_starts_from_stage1(tmp_path, tiny
 
 
 def launch_json(config, path):
-    path.write_text(json.dumps(asdict(config)))
+    path.write_text(json.dumps(config.model_dump()))
     return [sys.executable, "-m", "mumath.sft", str(path)]
 
 
