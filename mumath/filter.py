@@ -26,14 +26,15 @@ and no step compares all pairs of rows.
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from pydantic import ConfigDict
 from tqdm.auto import tqdm
 
 from .decontaminate import CONTAMINATION_FILE, build_index, normalize_words
+from .params import FilterSettings
 from .records import RecordsError, iter_jsonl, jsonl_writer, write_json
 from .grading import extract_answer, extract_boxed, is_equivalent, normalize, to_number
 from .synthesize import has_prefix_cot
@@ -49,23 +50,13 @@ class FilterError(ValueError):
     pass
 
 
-@dataclass
-class FilterConfig:
-    min_votes: int = 2              # pseudo answer: at least this many agreeing votes ...
-    min_share: float = 0.5          # ... and at least this share of the question's votes
-    max_rounds: int = 4             # code-nested: at most this many executions (None: no limit)
-    require_prefix_cot: bool = True
-    min_prefix_words: int = 8
-    max_tokens: int = 2048          # training tokenizer tokens, chat template included (None: no limit)
-    dedup_threshold: float = 0.85   # MinHash LSH Jaccard over word shingles
-    num_perm: int = 128
-    shingle_words: int = 5
-    max_per_question: int = 4       # per question and stage (None: no cap)
+class FilterConfig(FilterSettings):
+    """The filter step's rules (declared in `mumath.params.FilterSettings`) plus internal knobs."""
+    model_config = ConfigDict(strict=False)  # callers pass tuples for lists
+    shingle_words: int = 5          # MinHash shingles: word n-grams
     regrade: bool = False           # grade every row again instead of reusing synthesis's `correct`
     proxy_questions: int = 2000     # questions with a reference on which the pseudo-answer precision is measured
-    ngram: int = 13                 # decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)
     ngram_same_numbers: bool = True  # an n-gram match counts only between questions with the same numbers
-    keep_overlapping_with: tuple = ()
 
 
 # ---------------------------------------------------------------------------------------------- input

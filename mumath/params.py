@@ -203,11 +203,8 @@ class SynthesizeConfig(Seeded, PromptDir, DataDir, Step):
     teacher: Teacher = Teacher()
 
 
-class FilterStepConfig(ExtraBenchmarks, DataDir, Step):
-    """Step 3: the synthesized solutions -> the training sets."""
-    synth_dir: Optional[str] = param(None, "default <run_dir>/synthesize")
-    training_tokenizer: str = param("embedded", "the student whose tokenizer counts lengths (embedded, folder, "
-                                                "hub id)")
+class FilterSettings(Settings):
+    """The filter's rules (`mumath.filter.FilterConfig` adds its internal knobs)."""
     max_tokens: Optional[int] = param(2048, "length limit in tokens, chat template included (None: no limit)",
                                       ge=1)
     max_rounds: Optional[int] = param(4, "code-nested: at most this many executions (None: no limit)", ge=1)
@@ -219,10 +216,17 @@ class FilterStepConfig(ExtraBenchmarks, DataDir, Step):
     num_perm: int = param(128, "MinHash permutations", ge=2)
     max_per_question: Optional[int] = param(4, "solutions kept per question and stage (None: no cap)", ge=1)
     ngram: int = param(13, "decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)", ge=1)
-    decontaminate_benchmarks: Optional[list[str]] = param(
-        None, "None: every registered benchmark with a test split; or a list of names")
     keep_overlapping_with: list[str] = param([], "benchmarks whose overlapping rows are kept and reported, "
                                                  "not dropped")
+
+
+class FilterStepConfig(FilterSettings, ExtraBenchmarks, DataDir, Step):
+    """Step 3: the synthesized solutions -> the training sets."""
+    synth_dir: Optional[str] = param(None, "default <run_dir>/synthesize")
+    training_tokenizer: str = param("embedded", "the student whose tokenizer counts lengths (embedded, folder, "
+                                                "hub id)")
+    decontaminate_benchmarks: Optional[list[str]] = param(
+        None, "None: every registered benchmark with a test split; or a list of names")
 
 
 class StageInputs(Settings):

@@ -71,13 +71,10 @@ def run_filter(config):
     """Step 3: <run_dir>/synthesize/ -> <run_dir>/filter/ (the training sets, funnel, contamination)."""
     from .filter import FilterConfig
     from .filter import run_filter as filter_run
+    from .params import FilterSettings
 
     run_dir = resolve_run_dir(config.run_dir)
-    knobs = FilterConfig(min_votes=config.min_votes, min_share=config.min_share, max_rounds=config.max_rounds,
-                         require_prefix_cot=config.require_prefix_cot, min_prefix_words=config.min_prefix_words,
-                         max_tokens=config.max_tokens, dedup_threshold=config.dedup_threshold,
-                         num_perm=config.num_perm, max_per_question=config.max_per_question, ngram=config.ngram,
-                         keep_overlapping_with=tuple(config.keep_overlapping_with))
+    knobs = FilterConfig(**{name: getattr(config, name) for name in FilterSettings.model_fields})
     return filter_run(run_dir, synth_dir=config.synth_dir, data_dir=config.data_dir,
                       extra_benchmarks=config.extra_benchmarks,
                       decontaminate_benchmarks=config.decontaminate_benchmarks,
