@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mumath.evaluate import run_evaluation  # noqa: E402
+from mumath.params import resolve  # noqa: E402
 from mumath.records import read_jsonl, write_jsonl  # noqa: E402
 from mumath.sft import run_stage  # noqa: E402
+from mumath.steps import run_evaluate  # noqa: E402
 
 
 def sample_rows(path, count, seed):
@@ -33,9 +34,11 @@ def sample_rows(path, count, seed):
 
 def evaluate(run_dir, model, args):
     started = time.perf_counter()
-    results = run_evaluation(str(run_dir), model=model, benchmarks=["gsm8k"], limit=args.problems, seed=args.seed,
-                             modes=["cot", "tir"], few_shot=0, max_new_tokens=args.max_new_tokens, max_rounds=3,
-                             batch_size=args.batch_size, exec_workers=2)
+    results = run_evaluate(resolve("evaluate", overrides={
+        "run_dir": str(run_dir), "model": model, "seed": args.seed, "sandbox": {"workers": 2},
+        "evaluation": {"benchmarks": ["gsm8k"], "limit": args.problems, "modes": ["cot", "tir"], "few_shot": 0,
+                       "max_rounds": 3, "batch_size": args.batch_size,
+                       "generation": {"max_new_tokens": args.max_new_tokens}}}, runner_fields_ok=True))
     return {r["mode"]: {"accuracy": round(r["accuracy"], 4), "correct": r["correct"], "n": r["n"],
                         "ci95": [round(x, 4) for x in r["ci95"]], "executions": r["executions"],
                         "execution_errors": r["execution_errors"], "no_answer": r["no_answer"],

@@ -251,14 +251,13 @@ def model_identity(backend, model, engine, local_model=None):
     return identity
 
 
-def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=None, api_model=None,
-                   api_key_env="OPENAI_API_KEY", tokenizer=None, data_dir=None, benchmarks=("gsm8k",),
-                   split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
-                   max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
-                   temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=None, exec_timeout=10.0,
-                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True, step_name="evaluate"):
+def run_evaluation(run_dir, *, model, backend, base_url, api_model, api_key_env, tokenizer, data_dir, benchmarks,
+                   split, extra_benchmarks, limit, modes, few_shot, max_new_tokens, max_rounds, batch_size,
+                   max_concurrency, n_samples, temperature, top_p, seed, carry_state, exec_workers, exec_timeout,
+                   exec_memory_mb, prompt_dir, chunk_size, progress=True, step_name="evaluate"):
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/<step_name>/
-    (``evaluate/``, or a variant's ``evaluate.<variant>/``)."""
+    (``evaluate/``, or a variant's ``evaluate.<variant>/``). The parameters and their defaults are declared
+    in `mumath.params.EvaluateConfig`: call it through `mumath.steps.run_evaluate(config)`."""
     from .backends import make_backend
     from .data import load_benchmark
     from .decontaminate import evaluation_contamination

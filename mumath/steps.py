@@ -117,7 +117,7 @@ def plot_training_log(stage_dir):
     return figure
 
 
-def run_evaluate(config):
+def run_evaluate(config, progress=True):
     """Step 6 (and its variants): every benchmark x mode -> <run_dir>/<step_name>/ (trajectories, metrics)."""
     from .evaluate import run_evaluation
 
@@ -131,7 +131,7 @@ def run_evaluate(config):
         max_new_tokens=g.max_new_tokens, max_rounds=e.max_rounds, batch_size=e.batch_size,
         max_concurrency=e.max_concurrency, n_samples=e.n_samples, temperature=g.temperature, top_p=g.top_p,
         seed=config.seed, carry_state=e.carry_state, exec_workers=sandbox.workers, exec_timeout=sandbox.timeout,
-        exec_memory_mb=sandbox.memory_mb, prompt_dir=config.prompt_dir, chunk_size=e.chunk_size)
+        exec_memory_mb=sandbox.memory_mb, prompt_dir=config.prompt_dir, chunk_size=e.chunk_size, progress=progress)
 
 
 def run_analysis(config):

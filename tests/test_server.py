@@ -4,10 +4,11 @@ import json
 import pytest
 
 from mumath.backends import OpenAIBackend, Sampling
-from mumath.evaluate import run_evaluation
 from mumath.executor import SandboxPool
 from mumath.models import load_tokenizer
+from mumath.params import resolve
 from mumath.prompts import build_messages
+from mumath.steps import run_evaluate
 from mumath.tir import run_tool_loop
 
 pytestmark = pytest.mark.server
@@ -49,9 +50,12 @@ def test_tool_loop_through_the_server(llama_server):
 
 
 def test_evaluation_with_the_openai_backend(llama_server, data_dir, tmp_path):
-    results = run_evaluation(str(tmp_path), model="embedded", backend="openai", base_url=llama_server.base_url,
-                             data_dir=str(data_dir), benchmarks=["gsm8k"], limit=2, modes=["tir"], few_shot=2,
-                             max_new_tokens=64, max_rounds=1, exec_workers=1, progress=False)
+    config = resolve("evaluate", overrides={
+        "run_dir": str(tmp_path), "model": "embedded", "backend": "openai", "base_url": llama_server.base_url,
+        "data_dir": str(data_dir), "sandbox": {"workers": 1}, "evaluation": {
+            "benchmarks": ["gsm8k"], "limit": 2, "modes": ["tir"], "few_shot": 2, "max_rounds": 1,
+            "generation": {"max_new_tokens": 64}}}, runner_fields_ok=True)
+    results = run_evaluate(config, progress=False)
     assert results[0]["n"] == 2 and results[0]["completion_tokens"] > 0
     rows = [json.loads(line) for line in open(tmp_path / "evaluate" / "gsm8k" / "tir" / "trajectories.jsonl")]
     assert len(rows) == 2 and all("generation" in row for row in rows)
