@@ -291,26 +291,23 @@ def is_group(annotation):
     return isinstance(annotation, type) and issubclass(annotation, Group)
 
 
-def deep_merge(base, update):
-    """`update` over `base`, mapping by mapping for groups (a group set in part keeps its other values)."""
+def merge(model, base, update):
+    """`update` over `base` for a settings class: a group set in part keeps its other values; any other value
+    (a mapping like `methods` included) is replaced whole."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key in merged and \
-                not _is_plain_mapping_param(merged, key):
-            merged[key] = deep_merge(merged[key], value)
+        info = model.model_fields.get(key)
+        if info is not None and is_group(info.annotation) and isinstance(value, dict):
+            merged[key] = merge(info.annotation, merged.get(key) or {}, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
 
 
-def _is_plain_mapping_param(merged, key):
-    return key in ("methods", "stages", "extra_benchmarks")  # dict-valued parameters are replaced whole
-
-
 def step_defaults(step):
     """Every parameter of a step at its default for this step, as a nested dict."""
     schema = STEPS[step]
-    return deep_merge(schema.config().model_dump(), schema.defaults)
+    return merge(schema.config, schema.config().model_dump(), schema.defaults)
 
 
 def declared_names(model, path=()):
@@ -347,7 +344,7 @@ def resolve(step, shared=None, overrides=None, where=None, runner_fields_ok=Fals
     shared = {key: value for key, value in (shared or {}).items() if key in schema.config.model_fields}
     check_names(shared, schema.config, "")
     check_names(overrides or {}, schema.config, where, runner_fields_ok)
-    values = deep_merge(deep_merge(step_defaults(step), shared), overrides or {})
+    values = merge(schema.config, merge(schema.config, step_defaults(step), shared), overrides or {})
     try:
         return schema.config.model_validate(values)
     except ValidationError as error:

@@ -101,3 +101,20 @@ def test_plot_training_log_draws_into_the_stages_own_folder(tmp_path):
     empty = tmp_path / "stage2"
     empty.mkdir()
     assert plot_training_log(empty) is None and not (empty / "loss.png").exists()
+
+
+def test_yaml_anchors_still_merge_into_steps(tmp_path):
+    from mumath.config import load_params
+
+    path = tmp_path / "p.yaml"
+    path.write_text("run: x\nanchors:\n  eval: &eval {evaluation: {limit: 3, modes: [cot]}}\nsteps:\n"
+                    "  evaluate.base: {<<: *eval, model: embedded}\n  evaluate: {<<: *eval, model: other}\n")
+    _, plan = load_params(path)
+    assert plan["evaluate.base"]["limit"] == plan["evaluate"]["limit"] == 3
+    assert plan["evaluate"]["modes"] == ["cot"] and plan["evaluate"]["model"] == "other"
+
+
+def test_a_mapping_parameter_is_replaced_whole():
+    """`methods: {rephrase: 2}` asks for rephrasing only, not rephrasing plus the default methods."""
+    assert resolve("augment", overrides={"methods": {"rephrase": 2}}).methods == {"rephrase": 2}
+    assert resolve("synthesize", {"teacher": {"model": "x"}}, {"stages": {"tir": 1}}).stages == {"tir": 1}
