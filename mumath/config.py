@@ -139,10 +139,14 @@ def load_params(path):
         raise ParamsError(f"{path}: 'steps' must map step names to their parameters")
     shared = {key: value for key, value in raw.items() if key not in TOP_LEVEL}
     refuse_secret_names(path, shared, raw["steps"])
-    for key in shared:
+    for key, value in shared.items():
         if key not in SHARED:
             raise ParamsError(f"{path}: parameter '{key}' is not a shared setting ({', '.join(SHARED)}); "
                               f"{where_declared(key)}")
+        try:  # checked even where no step of this file takes it: a typo there is still a typo
+            resolve(next(step for step, schema in SCHEMA.items() if key in schema.config.model_fields), {key: value})
+        except SchemaError as error:
+            raise ParamsError(f"{path}: {error}") from None
     plan = {}
     for step, overrides in raw["steps"].items():
         if step_of(step) is None:

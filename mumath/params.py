@@ -374,12 +374,9 @@ def _lookup(values, loc):
     """Whether the step's own entries hold the value at `loc` (else it came from the top level)."""
     node = values
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
+        if not isinstance(node, dict) or part not in node:
             return False
+        node = node[part]
     return True
 
 

@@ -59,6 +59,7 @@ def tiny(run="tiny", with_data_steps=False, model="embedded"):
     (dict(run="x", steps={"stage1": {"training": {"finetune": "qlora4"}}}),
      "'steps.stage1.training.finetune': Input should be 'full', 'lora' or 'qlora'"),
     (dict(run="x", steps={"stage1": {"training": 3}}), "'steps.stage1.training': should be a mapping"),
+    (dict(run="x", training={"epochz": 1}, steps={"evaluate": {}}), "parameter 'training.epochz': unknown"),
     (dict(steps={"evaluate": {}}), "missing parameter 'run'"),
     (dict(run="x"), "missing parameter 'steps'"),
     (dict(run="x", steps={"evalute": {}}), "unknown step 'steps.evalute'"),
