@@ -19,12 +19,7 @@ def make_step_teacher(config, run_dir):
     """The teacher of a step's `teacher` group (its responses cached under the run folder)."""
     from .teacher import make_teacher
 
-    t = config.teacher
-    teacher = make_teacher(run_dir, backend=t.backend, model=t.model, base_url=t.base_url, api_model=t.api_model,
-                           api_key_env=t.api_key_env, tokenizer=t.tokenizer, batch_size=t.batch_size,
-                           max_concurrency=t.max_concurrency, max_retries=t.max_retries, cache_path=t.cache_path,
-                           price_per_1m_prompt=t.price_per_1m_prompt,
-                           price_per_1m_completion=t.price_per_1m_completion)
+    teacher = make_teacher(run_dir, config.teacher)
     print("teacher:", teacher.identity, "| cached responses:", len(teacher.cache))
     return teacher
 

@@ -147,12 +147,12 @@ class Teacher:
         self.cache.close()
 
 
-def make_teacher(run_dir, backend="transformers", model="embedded", base_url=None, api_model=None,
-                 api_key_env="OPENAI_API_KEY", tokenizer=None, batch_size=16, max_concurrency=16, max_retries=3,
-                 cache_path=None, price_per_1m_prompt=None, price_per_1m_completion=None, progress=True):
-    """The teacher a step's parameters ask for; its cache defaults to <run_dir>/cache/teacher.jsonl."""
-    engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
-                          max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress,
-                          tokenizer=tokenizer, max_retries=max_retries)
-    cache_path = cache_path or Path(run_dir) / "cache" / "teacher.jsonl"
-    return Teacher(engine, cache_path, price_per_1m_prompt, price_per_1m_completion)
+def make_teacher(run_dir, settings, progress=True):
+    """The teacher of a step's `teacher` group (`mumath.params.Teacher`); its cache defaults to
+    <run_dir>/cache/teacher.jsonl."""
+    engine = make_backend(settings.backend, settings.model, base_url=settings.base_url,
+                          api_model=settings.api_model, batch_size=settings.batch_size,
+                          max_concurrency=settings.max_concurrency, api_key_env=settings.api_key_env,
+                          progress=progress, tokenizer=settings.tokenizer, max_retries=settings.max_retries)
+    cache_path = settings.cache_path or Path(run_dir) / "cache" / "teacher.jsonl"
+    return Teacher(engine, cache_path, settings.price_per_1m_prompt, settings.price_per_1m_completion)
