@@ -118,3 +118,16 @@ def test_a_mapping_parameter_is_replaced_whole():
     """`methods: {rephrase: 2}` asks for rephrasing only, not rephrasing plus the default methods."""
     assert resolve("augment", overrides={"methods": {"rephrase": 2}}).methods == {"rephrase": 2}
     assert resolve("synthesize", {"teacher": {"model": "x"}}, {"stages": {"tir": 1}}).stages == {"tir": 1}
+
+
+def test_the_teacher_group_reaches_the_teacher(tmp_path):
+    from mumath.steps import make_step_teacher
+
+    config = resolve("augment", {"teacher": {"backend": "openai-chat", "base_url": "http://127.0.0.1:9/v1",
+                                             "model": "m", "max_concurrency": 3, "max_retries": 5,
+                                             "price_per_1m_prompt": 1.5}})
+    teacher = make_step_teacher(config, tmp_path)
+    engine = teacher.backend
+    assert (engine.base_url, engine.model, engine.max_concurrency, engine.max_retries) == \
+        ("http://127.0.0.1:9/v1", "m", 3, 5)
+    assert teacher.usage.price_per_1m_prompt == 1.5 and teacher.cache.path == tmp_path / "cache" / "teacher.jsonl"
