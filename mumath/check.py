@@ -4,7 +4,8 @@
 point at, without a model: every benchmark spec (name, split, where its rows come from; local rows are read
 and normalized, so a missing field, a broken line or a wrong `answer_parser` is reported with
 ``file:line``), every `extra_benchmarks` entry, and prompt folders (the templates and few-shot examples each
-step will ask for). One function per parameter name, in `CHECKS`; a new step's parameter with one of these names is checked for free.
+step will ask for). One function per parameter name, in `CHECKS`; a new step's parameter with one of these
+names is checked for free.
 """
 from pathlib import Path
 
