@@ -8,7 +8,7 @@ them (declared default < the step's defaults in `STEPS` < the file's top level <
 validates the result. docs/params.md describes the layout and how to add a parameter.
 
 Every notebook's `parameters` cell (the papermill / Colab interface) is generated from here
-(``python -m mumath.params``): one flat name per parameter (a group's prefix + the field name, e.g.
+(``python -m mumath.param_cells``): one flat name per parameter (a group's prefix + the field name, e.g.
 ``teacher_model``, ``exec_timeout``), with the declared default and doc line. `from_notebook` turns the cell's
 variables back into the step's configuration.
 """
@@ -431,9 +431,7 @@ def from_flat(step, namespace):
 def from_notebook(step, namespace):
     """The configuration of `step` (a step or a variant's key, e.g. 'stage2.only') from the variables of its
     notebook's parameters cell (papermill's or the reader's edits), validated like a params file."""
-    from .config import step_of
-
-    step = step_of(step) or step
+    step = step.split(".")[0]  # a variant's key: its step's configuration
     try:
         return resolve(step, overrides=from_flat(step, namespace), where="notebook", runner_fields_ok=True)
     except SchemaError as error:  # name the cell's variable: evaluation.limit -> limit
@@ -444,8 +442,8 @@ def from_notebook(step, namespace):
 def parameters_cell(step):
     """The source of a notebook's `parameters` cell, generated from the schema (with each doc line)."""
     defaults = step_defaults(step)
-    lines = ["# Parameters: generated from mumath/params.py (`python -m mumath.params`); papermill overrides "
-             "them,", "# a params file sets them (docs/params.md)."]
+    lines = ["# Parameters: generated from mumath/params.py (`python -m mumath.param_cells`); papermill "
+             "overrides them,", "# a params file sets them (docs/params.md)."]
     group = None
     for p in flat_params(STEPS[step].config):
         if p.group != group and p.group is not None:
@@ -473,31 +471,3 @@ def _literal(value):
         text = repr(value)
     assert ast.literal_eval(text) == value, text  # the cell must stay literals papermill can read
     return text
-
-
-def notebook_path(step):
-    from .config import NOTEBOOK_DIR, STEPS as NOTEBOOKS
-
-    return NOTEBOOK_DIR / NOTEBOOKS[step]
-
-
-def write_parameters_cells(steps=None):
-    """Rewrite each notebook's `parameters` cell from the schema; returns the notebooks that changed."""
-    import nbformat
-
-    changed = []
-    for step in steps or STEPS:
-        path = notebook_path(step)
-        notebook = nbformat.read(path, as_version=4)
-        cell = next(c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", []))
-        source = parameters_cell(step)
-        if cell.source != source:
-            cell.source = source
-            nbformat.write(notebook, path)
-            changed.append(path)
-    return changed
-
-
-if __name__ == "__main__":
-    for written in write_parameters_cells():
-        print(f"wrote the parameters cell of {written}")

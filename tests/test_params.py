@@ -24,9 +24,9 @@ def parameters_source(path):
 
 @pytest.mark.parametrize("step", list(STEPS))
 def test_each_notebooks_parameters_cell_is_the_generated_one(step):
-    """Same names, same defaults, same doc lines: edit mumath/params.py, then `python -m mumath.params`."""
+    """Same names, same defaults, same doc lines: edit mumath/params.py, then `python -m mumath.param_cells`."""
     path = NOTEBOOK_DIR / NOTEBOOKS[step]
-    assert parameters_source(path) == parameters_cell(step), f"{path.name}: run `python -m mumath.params`"
+    assert parameters_source(path) == parameters_cell(step), f"{path.name}: run `python -m mumath.param_cells`"
     assert notebook_parameters(path) == to_flat(step, step_defaults(step))
 
 
