@@ -127,7 +127,7 @@ def check_prompt_dir(value, params):
 RANGES = {"limit": (1, None), "few_shot": (0, None), "n_samples": (1, None), "max_new_tokens": (1, None),
           "max_rounds": (1, None), "batch_size": (1, None), "max_concurrency": (1, None), "chunk_size": (1, None),
           "exec_workers": (1, None), "exec_timeout": (0.001, None), "exec_memory_mb": (16, None),
-          "temperature": (0.0, None), "top_p": (0.001, 1.0)}
+          "temperature": (0.0, None), "top_p": (0.001, 1.0), "bag_jaccard": (0.01, 1.0)}
 
 
 def check_range(name, value):
