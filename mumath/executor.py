@@ -4,12 +4,20 @@
 numpy and friends once, then forks a fresh child per snippet, so a snippet costs a fork, not an
 interpreter start plus a sympy import.
 
-The layers, outermost first (README, "The sandbox", has the table of attacks and tests/test_sandbox_attacks.py
-a test for each):
-- namespaces: each worker starts under `unshare` in its own user (root mapped to the caller's uid), pid, mount
-  and network namespaces with a fresh /proc: a snippet sees no process outside its sandbox (so no caller's
-  /proc/<pid>/environ), and has no network. Where the kernel refuses (some containers), a warning, and a root
-  caller's snippets run as `nobody` instead (so root's /proc/<pid>/environ stays closed to them);
+The layers, outermost first (docs/sandbox-isolation.md has the table of what each covers and what it does not,
+and tests/test_sandbox_attacks.py a test for each attack):
+- namespaces: each worker starts under `unshare` in its own user, pid, mount and network namespaces with a fresh
+  /proc: a snippet sees no process outside its sandbox (so no caller's /proc/<pid>/environ), and has no network;
+- the snippet's identity: a root caller maps two ids into the user namespace, 0 (the worker) and
+  SNIPPET_ID, which is SANDBOX_HOST_ID on the host, a uid and gid that own nothing; the snippet runs as it, so
+  the host's mode-600 files are closed to it even where it can see them. (A non-root caller may map only its
+  own uid: its snippets keep it, and the private root alone hides its files);
+- the private root: the worker pivots into a size-capped tmpfs (`disk_mb`) holding read-only binds of the
+  system folders and of this Python with its packages, four devices and a fresh /proc. The host's /tmp, /home,
+  /root, /run, the project and other snippets' folders do not exist there, nor do pathname unix sockets, and
+  the tmpfs is the only writable place (a full disk is ENOSPC for this snippet only);
+  Where the kernel refuses any of this (some containers), a warning, and a root caller's snippets run as
+  `nobody` instead (so root's /proc/<pid>/environ and mode-600 files stay closed to them);
 - the channel: requests and replies are framed (magic, length, JSON) and every reply must carry the nonce of
   its request; the snippet's child holds no descriptor of it (it reports through a pipe of its own) and the
   worker is not dumpable (no /proc/<worker>/fd). Anything else on the channel fails that one snippet, and the
@@ -21,8 +29,10 @@ a test for each):
   RLIMIT_CPU/FSIZE/CORE, a minimal environment, Landlock (writes only beneath its folder, no TCP, no
   signals out of its domain); a wall-clock `timeout` after which the worker, a subreaper, kills its whole tree.
 
-Not covered: reading files the caller's uid may read (root: every file); a kernel or Landlock escape.
-Use a VM or container when the threat is more than a confused or malicious model.
+Not covered: what everybody may read in the system folders and the Python install; without namespaces, the
+host's files the snippet's uid may read, other snippets' folders, pathname unix sockets and the disk (per file
+only); a kernel, namespace or Landlock escape. Use a VM or container when the threat is more than a confused
+or malicious model.
 """
 import atexit
 import itertools
@@ -219,7 +229,9 @@ class SandboxPool:
     """A pool of sandbox workers; `execute` and `execute_many` are safe to call from many threads.
 
     `namespaces`: None (the default) uses user+pid+mount+net namespaces where the kernel allows them and
-    warns once where it does not; False never uses them."""
+    warns once where it does not; False never uses them. With namespaces, `disk_mb` caps the snippet's
+    writable tmpfs (its files and its stdout), and `isolate_files=False` leaves out the private root and the
+    snippet identity (the sandbox before they existed: for benchmarks/executor.py's comparison only)."""
 
     def __init__(self, workers=2, timeout=10.0, memory_mb=1024, max_output_chars=4000,
                  max_file_bytes=16 * 2**20, max_processes=64, preimport=None, namespaces=None, disk_mb=64,
