@@ -136,13 +136,13 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
                 manifest.set_step(step, status="reused")
                 continue
             reason = "forced" if force and reusable else why
-            print(f"[mumath] {step}: running {notebook_of(step).name} -> {output}" + (f" ({reason})" if reason else ""),
-                  flush=True)
             started = time.time()
             manifest.take_recorded_inputs()  # what earlier steps recorded is theirs
             # A step that finished before keeps its notebook and entry until this attempt has succeeded.
             good_before = previous.get("status") in ("completed", "reused") and output.exists()
             target = attempt_notebook(run_dir, step) if good_before else output
+            print(f"[mumath] {step}: running {notebook_of(step).name} -> {target}" + (f" ({reason})" if reason else "")
+                  + (f"; {output.name} stays until this attempt succeeds" if good_before else ""), flush=True)
             attempt = dict(step=step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                            fingerprint=None, notebook=str(target), error=None, outputs=None,
                            git=manifest.data["git"])  # a later `--only` may run at another commit
@@ -166,6 +166,8 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
             if good_before:
                 target.replace(output)
                 manifest.drop_attempt(attempt)
+                if not any(target.parent.iterdir()):
+                    target.parent.rmdir()  # no failed attempt to keep
             folder = step_output_dir(run_dir, step)
             manifest.set_step(step, **{key: value for key, value in attempt.items() if key != "step"})
             manifest.set_step(step, status="completed", seconds=round(time.time() - started, 1),
