@@ -333,6 +333,14 @@ def namespaces_available():
     return _namespace_support["ok"]
 
 
+def _owner(pid):
+    """The uid owning /proc/<pid> (None if the process is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def _only_child(pid, wait_s=5.0):
     """The one child of `pid` (the worker under `unshare --fork`), found in the caller's view of /proc."""
     deadline = time.monotonic() + wait_s

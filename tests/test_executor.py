@@ -130,3 +130,13 @@ def test_dead_worker_is_replaced():
         result = sandbox.execute("print(1)")
         assert result.error and "SandboxError" in result.error
         assert sandbox.execute("print(2)").stdout.strip() == "2"
+
+
+def test_a_non_root_callers_process_cap_counts_its_own_processes(monkeypatch):
+    """RLIMIT_NPROC counts all of the caller's processes: the cap is theirs plus max_processes. (This raised
+    NameError for every non-root caller: `_owner` had gone.)"""
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(os, "getuid", lambda: 0)  # the processes of uid 0 on this machine: at least this one
+    assert SandboxPool._process_cap(64) > 64
