@@ -39,6 +39,7 @@ def _benchmarks(value, params, default_split):
     import json
 
     from .data import DataError, load_benchmark, parse_spec, resolve_source
+    from .grading import is_graded
 
     notes = []
     for spec in value or []:
@@ -50,8 +51,13 @@ def _benchmarks(value, params, default_split):
                 key = (name, split, str(where), stat.st_size, stat.st_mtime_ns,
                        json.dumps(_extra(params), sort_keys=True, default=str))
                 if key not in _ROWS:
-                    _ROWS[key] = len(load_benchmark(name, split, params.get("data_dir"), extra=_extra(params)))
-                notes.append(f"{spec}: {_ROWS[key]} rows from {where}")
+                    records = load_benchmark(name, split, params.get("data_dir"), extra=_extra(params))
+                    _ROWS[key] = (len(records), sum(1 for record in records if not is_graded(record["answer"])))
+                rows, ungraded = _ROWS[key]
+                notes.append(f"{spec}: {rows} rows from {where}")
+                if ungraded:
+                    notes.append(f"WARNING {spec}: {ungraded} of {rows} rows have no gold answer: they will be "
+                                 f"ungraded (left out of the accuracy, counted as 'ungraded')")
             else:
                 notes.append(f"{spec}: from the hub ({where['path']}), not fetched by check")
         except DataError as error:

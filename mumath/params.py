@@ -216,6 +216,8 @@ class FilterSettings(Settings):
     num_perm: int = param(128, "MinHash permutations", ge=2)
     max_per_question: Optional[int] = param(4, "solutions kept per question and stage (None: no cap)", ge=1)
     ngram: int = param(13, "decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)", ge=1)
+    bag_jaccard: Optional[float] = param(0.7, "word-order-free decontamination: content-word Jaccard (None: off)",
+                                         gt=0, le=1)
     keep_overlapping_with: list[str] = param([], "benchmarks whose overlapping rows are kept and reported, "
                                                  "not dropped")
 
