@@ -66,7 +66,11 @@ def plot_synthesis(section, out_dir, name):
     return save_figure(figure, out_dir, name)
 
 
-def plot_accuracy(entries, out_dir, name="accuracy", panels_per_row=4):
+def plot_accuracy(entries, out_dir, name="accuracy"):
+    return save_figure(accuracy_figure(entries), out_dir, name, tight=False)
+
+
+def accuracy_figure(entries, panels_per_row=4):
     """A heatmap per evaluated model (benchmark rows x mode columns), each cell its accuracy %, 95 % Wilson
     interval and correct/n; one colour scale (0-100 %) for all panels, so models compare at a glance."""
     benchmarks = sorted({e["benchmark"] for e in entries})
@@ -95,7 +99,7 @@ def plot_accuracy(entries, out_dir, name="accuracy", panels_per_row=4):
         axes.set_title(f"{model[1]}" + (f" ({model[0]})" if several_runs else "") + f"\n{short}", fontsize=8)
     figure.suptitle("accuracy % per benchmark and mode [95 % Wilson CI] correct/n (our runs)", fontsize=9)
     figure.colorbar(image, ax=figure.axes, shrink=0.8, label="accuracy %")
-    return save_figure(figure, out_dir, name, tight=False)
+    return figure
 
 
 def _cell_text(accuracy):
