@@ -177,6 +177,8 @@ class ManagedServer:
         env = dict(os.environ, **{str(k): str(v) for k, v in self.spec.env.items()})
         self.print_fn(f"[server] {' '.join(command)}  (log: {self.log_path})")
         with open(self.log_path, "ab") as log:
+            log.write(f"# mumath: {self.base_url} <- {' '.join(command)}\n".encode())
+            log.flush()
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             preexec_fn=_die_with_parent)
         atexit.register(self.stop)
