@@ -136,3 +136,24 @@ def test_openai_chat_refuses_a_format_it_cannot_apply(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     with pytest.raises(ValueError, match="prompt_format.*openai-chat"):
         make_backend("openai-chat", "gpt-4o", prompt_format="mumath")
+
+
+@pytest.mark.parametrize("name, base", [("paper-7b.yaml", "meta-llama/Llama-2-7b-hf"),
+                                        ("paper-7b-code.yaml", "codellama/CodeLlama-7b-Python-hf")])
+def test_paper_recipes_follow_the_official_scripts(name, base):
+    """scripts/train_7b_13b_stage{1,2}.sh and infer.sh of youweihao-tal/MuMath-Code (docs/prompt-formats.md)."""
+    from mumath.config import REPO_ROOT, load_params
+
+    _, plan = load_params(REPO_ROOT / "params" / name)
+    assert plan["stage1"]["init_model"] == base and plan["filter"]["training_tokenizer"] == base
+    for stage in ("stage1", "stage2"):
+        settings = plan[stage]
+        assert settings["prompt_format"] == "mumath" and settings["group_by_length"] is False
+        assert (settings["learning_rate"], settings["lr_scheduler"], settings["warmup_ratio"], settings["weight_decay"],
+                settings["epochs"], settings["global_batch_size"], settings["per_device_batch_size"],
+                settings["num_processes"], settings["max_length"], settings["precision"]) == \
+            (2e-5, "linear", 0.03, 0.0, 3.0, 128, 16, 8, 2048, "bf16")
+    evaluation = plan["evaluate"]
+    assert evaluation["prompt_format"] == "mumath" and evaluation["server"]["engine"] == "vllm"
+    assert (evaluation["max_new_tokens"], evaluation["max_rounds"]) == (1024, 4)  # infer.sh: 1024 per call, 4 calls
+    assert evaluation["max_concurrency"] >= 256
