@@ -457,7 +457,9 @@ def make_backend(backend="transformers", model="embedded", base_url=None, api_mo
     `kv_cache_tokens` bounds the prefix store and `max_prefill_tokens` one admission's prefill; for
     ``transformers-generate`` `batch_size` is the `generate` batch. `dtype`: ``auto`` (fp32 on CPU, bf16
     on GPU) or a torch dtype name (``bfloat16`` is ~1.8x faster on CPUs with avx512_bf16, but its greedy
-    outputs differ from fp32's).
+    outputs differ from fp32's). `prompt_format` (`mumath.prompts.PROMPT_FORMATS`) sets the chat template
+    the prompts are formatted with; `context_length` is the served model's window for the ``openai``
+    backend (None: asked from the server), which clamps each request's ``max_tokens``.
     """
     if backend in ("transformers", "transformers-generate"):
         from .models import load_model

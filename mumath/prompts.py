@@ -25,6 +25,7 @@ from .records import read_jsonl
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
 MODES = ("tir", "cot")
+FORMAT_DIR = Path(__file__).with_name("prompt_formats")  # one folder of prompt files per named format
 
 # The official MuMath-Code training script's `_concat_messages(...).strip()` (ToRA's format): roles as
 # tags, contents stripped, the assistant turn ends with EOS. No system turn (its prompt files have none).
@@ -48,7 +49,7 @@ class PromptFormat:
 
 PROMPT_FORMATS = {
     "chat": PromptFormat("chat"),
-    "mumath": PromptFormat("mumath", str(PROMPT_DIR / "formats" / "mumath"), MUMATH_CHAT_TEMPLATE),
+    "mumath": PromptFormat("mumath", str(FORMAT_DIR / "mumath"), MUMATH_CHAT_TEMPLATE),
 }
 PROMPT_FORMATS["tora"] = PROMPT_FORMATS["mumath"]
 
