@@ -1,4 +1,4 @@
-"""Benchmarks as registry entries (``benchmarks.yaml``) -> normalized records.
+"""Benchmarks as registry entries (``eval_sets.yaml``) -> normalized records.
 
 Every record is ``{id, question, answer, source, meta}``; ``meta["choices"]`` holds multiple-choice
 options where the benchmark has them (a list, or one string like ``"A) 3 B) 5 C) 10"``).
@@ -21,7 +21,7 @@ import yaml
 from .grading import extract_boxed, split_options
 from .records import open_text
 
-REGISTRY_FILE = Path(__file__).with_name("benchmarks.yaml")
+REGISTRY_FILE = Path(__file__).with_name("eval_sets.yaml")
 SHIPPED_DATA = Path(__file__).with_name("benchmark_data")
 DATA_DIR_ENV = "MUMATH_DATA_DIR"
 HUB_PREFIX = "hf://datasets/"

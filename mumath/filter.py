@@ -36,8 +36,7 @@ from tqdm.auto import tqdm
 from .decontaminate import CONTAMINATION_FILE, build_index, normalize_words
 from .records import RecordsError, iter_jsonl, jsonl_writer, write_json
 from .grading import extract_answer, extract_boxed, is_equivalent, normalize, to_number
-from .synthesize import has_prefix_cot
-from .tir import OUTPUT_MARKER
+from .tir import OUTPUT_MARKER, has_prefix_cot
 
 FILTERS = ("contaminated", "duplicate_question", "format", "length", "answer", "duplicate_solution", "cap")
 STAGE_OUTPUTS = {"cot": "stage1", "tir": "stage2"}  # synthesize/<stage>.jsonl -> filter/<output>.jsonl
@@ -296,7 +295,8 @@ class NearDuplicates:
             self.extra[key] = extra
 
 
-def question_numbers(words):
+def numeric_words(words):
+    """A question's normalized words that are numbers, sorted: near-duplicates must share them."""
     return tuple(sorted(word for word in words if word[0].isdigit()))
 
 
@@ -387,7 +387,7 @@ class _Pass1:
         else:
             self.exact_questions[key] = qid
             signature = self.questions.signature(words)
-            numbers = question_numbers(words)
+            numbers = numeric_words(words)
             near = self.questions.find(signature, numbers)
             if near is not None:
                 verdict = ("duplicate_question", f"near duplicate of question {near}")

@@ -7,7 +7,7 @@ examples ``fewshot_<mode>.jsonl`` (question, solution) given as earlier chat tur
 
 A prompt format (`PROMPT_FORMATS`, parameter ``prompt_format``) is data: the prompt files and the chat
 template one model is trained and evaluated with. ``chat`` is the project's own (system.txt + the
-question template + the model's chat template, `train.FALLBACK_CHAT_TEMPLATE` for a base model);
+question template + the model's chat template, `FALLBACK_CHAT_TEMPLATE` for a base model);
 ``mumath`` (alias ``tora``) is the official MuMath-Code / ToRA one, ``<|user|>\n{question}\n<|assistant|>\n``
 then the solution and EOS, so released checkpoints (MuMath-Code-L/CL, ToRA) are evaluated like for like.
 
@@ -26,6 +26,17 @@ from .records import read_jsonl
 PROMPT_DIR = Path(__file__).with_name("prompts")
 MODES = ("tir", "cot")
 FORMAT_DIR = Path(__file__).with_name("prompt_formats")  # one folder of prompt files per named format
+
+# For base models whose tokenizer has no chat template (Llama-2, Mistral base): plain turns, and the
+# assistant turn ends with the EOS token, so generation stops where the model learned to stop. The
+# template is saved with the trained model, so evaluation formats prompts the same way.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ 'Assistant:\\n' + message['content'] + eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:\\n' }}{% endif %}")
 
 # The official MuMath-Code training script's `_concat_messages(...).strip()` (ToRA's format): roles as
 # tags, contents stripped, the assistant turn ends with EOS. No system turn (its prompt files have none).
@@ -79,8 +90,6 @@ def apply_prompt_format(tokenizer, name="chat"):
     if chosen.chat_template is not None:
         tokenizer.chat_template = chosen.chat_template
     elif not getattr(tokenizer, "chat_template", None):
-        from .train import FALLBACK_CHAT_TEMPLATE
-
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return tokenizer
 

@@ -5,7 +5,7 @@ the trainer (packing or padding, checkpoints, logs), the final folder (plain saf
 tokenizer and chat template: what evaluation and vLLM load), and the launcher (in-process, or
 `accelerate launch` for several processes: DeepSpeed ZeRO-3, FSDP2, or gloo on CPU).
 
-Examples are pre-tokenized with their loss mask (`mumath.train`); TRL keeps a given `labels` column as is,
+Examples are pre-tokenized with their loss mask (`mumath.sft_examples`); TRL keeps a given `labels` column as is,
 through packing too. Stage 2 starts from stage 1's final folder, which is always a merged, plain model:
 with LoRA the stage-1 adapter is merged first and stage 2 trains a new adapter.
 """
@@ -392,7 +392,7 @@ def train(config, print_fn=print):
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
     from .prompts import apply_prompt_format, format_prompt_dir
-    from .train import build_examples, load_rows
+    from .sft_examples import build_examples, load_rows
 
     config.validate()
     device = device_kind()
@@ -415,7 +415,7 @@ def train(config, print_fn=print):
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
     if config.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
-        print_fn(f"[train] {init_path} has no chat template; using mumath.train.FALLBACK_CHAT_TEMPLATE")
+        print_fn(f"[train] {init_path} has no chat template; using mumath.prompts.FALLBACK_CHAT_TEMPLATE")
     apply_prompt_format(tokenizer, config.prompt_format)  # saved with final/: evaluation formats the same way
     rows = load_rows(config.data)
     rows = rows[:config.limit] if config.limit else rows

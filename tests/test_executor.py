@@ -109,8 +109,15 @@ def test_prelude_carries_state_silently(pool):
 
 
 def test_parallel_execution(pool):
-    results = pool.execute_many([f"import time\ntime.sleep(0.5)\nprint({i})" for i in range(4)])
-    assert [r.stdout.strip() for r in results] == ["0", "1", "2", "3"]
+    # each snippet prints its index and the wall-clock interval it slept in; with 2 workers, two intervals
+    # must overlap (a serial pool would leave them end to end)
+    code = "import time\nstart = time.time()\ntime.sleep(0.5)\nprint({i}, start, time.time())"
+    results = pool.execute_many([code.format(i=i) for i in range(4)])
+    printed = [r.stdout.split() for r in results]
+    assert [fields[0] for fields in printed] == ["0", "1", "2", "3"]
+    intervals = [(float(start), float(end)) for _, start, end in printed]
+    assert any(a_start < b_end and b_start < a_end
+               for i, (a_start, a_end) in enumerate(intervals) for b_start, b_end in intervals[i + 1:]), intervals
 
 
 def test_dead_worker_is_replaced():

@@ -8,7 +8,7 @@ from mumath.backends import OpenAIBackend, Sampling, TransformersBackend, make_b
 from mumath.models import load_model, load_tokenizer
 from mumath.prompts import (MUMATH_CHAT_TEMPLATE, adds_bos, apply_prompt_format, build_messages, encode_prompt,
                             format_prompt_dir, prompt_format, render_prompt)
-from mumath.train import IGNORE, build_examples, mask_example
+from mumath.sft_examples import IGNORE, build_examples, mask_example
 
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many?"
 SOLUTION = "```python\nprint(48 + 48 // 2)\n```\n```output\n72\n```\nSo the answer is \\boxed{72}."

@@ -16,7 +16,7 @@ re-tokenization (the official MuMath-Code script) can drift by a token at each b
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .prompts import adds_bos, build_messages, render_prompt
+from .prompts import FALLBACK_CHAT_TEMPLATE, adds_bos, build_messages, render_prompt  # noqa: F401
 from .records import RecordsError, read_jsonl
 from .tir import OUTPUT_MARKER
 
@@ -186,18 +186,6 @@ def preview(data, tokenizer, mode, prompt_dir=None, want_output=False, max_rows=
     messages = build_messages(row["question"], mode, prompt_dir=prompt_dir,
                               solution=assistant_content(row, data).strip())
     return show_mask(tokenizer, mask_example(tokenizer, messages))
-
-
-# For base models whose tokenizer has no chat template (Llama-2, Mistral base): plain turns, and the
-# assistant turn ends with the EOS token, so generation stops where the model learned to stop. The
-# template is saved with the trained model, so evaluation formats prompts the same way.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
-    "{% else %}{{ 'Assistant:\\n' + message['content'] + eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:\\n' }}{% endif %}")
 
 
 def ensure_chat_template(tokenizer):
