@@ -5,7 +5,7 @@ evaluation step) or ``teacher_server: {...}`` (augment, synthesize). The step th
 
 1. builds the engine's command line (`server_command`: data, tested as such for vLLM and SGLang),
 2. starts it on a free loopback port in its own process group, its log in ``<step folder>/server.log``,
-3. waits until ``/v1/models`` answers (and fails with the log's last lines if the process exits first),
+3. waits until ``/health`` or ``/v1/models`` answers (and fails with the log's last lines if the process exits first),
 4. sends its requests to ``http://127.0.0.1:<port>/v1`` through the ``openai`` completions backend, with
    the model's tokenizer formatting prompts (so the BOS rule and the prompt format hold, see
    `mumath.prompts`) and `max_model_len` clamping each request's ``max_tokens``,
@@ -195,16 +195,24 @@ class ManagedServer:
             if self.process.poll() is not None:
                 raise ServerError(f"the {self.spec.engine} server exited with {self.process.returncode} before "
                                   f"it answered; last lines of {self.log_path}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/models", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if self.answers():
+                return
             time.sleep(1.0)
         raise ServerError(f"the {self.spec.engine} server did not answer {self.base_url}/models within "
                           f"{self.spec.startup_timeout:.0f} s (parameter 'startup_timeout'); last lines of "
                           f"{self.log_path}:\n{self.log_tail()}")
+
+    def answers(self):
+        """Whether the server is up: ``/health`` (vLLM, SGLang, transformers serve) or ``/v1/models``
+        (llama.cpp; `transformers serve`'s fails without a Hugging Face cache folder) answers 200."""
+        for url in (self.base_url.removesuffix("/v1") + "/health", self.base_url + "/models"):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return True
+            except OSError:
+                pass
+        return False
 
     def log_tail(self, lines=20):
         try:
