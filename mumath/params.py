@@ -56,7 +56,8 @@ class Generation(Group):
 
 class Concurrency(Group):
     batch_size: int = param(16, "local generation: requests decoded together", ge=1)
-    max_concurrency: int = param(16, "server backends: requests in flight", ge=1)
+    max_concurrency: Optional[int] = param(None, "server backends: requests in flight; None: 512 with a vLLM / "
+                                                 "SGLang managed server, else 16", ge=1)
 
 
 class Engine(Group):
@@ -67,6 +68,8 @@ class Engine(Group):
     api_model: Optional[str] = param(None, "model name on the server (None: `model`)")
     api_key_env: str = param("OPENAI_API_KEY", "the *name* of the environment variable holding the key")
     tokenizer: Optional[str] = param(None, "chat template for the openai completions backend (None: `model`)")
+    server: Optional[dict] = param(None, "{engine: vllm|sglang|transformers|llamacpp, model: ...}: a server "
+                                         "started for this step and stopped after it (docs/managed-server.md)")
 
 
 class Teacher(Concurrency, Engine):
@@ -167,6 +170,12 @@ class PromptDir(Settings):
     prompt_dir: Optional[str] = param(None, "a folder with your own prompt templates (see docs)")
 
 
+class PromptFormat(Settings):
+    prompt_format: Literal["chat", "mumath"] = param(
+        "chat", "chat (system + template + the model's chat template) | mumath (the official <|user|> format); "
+                "training and evaluation must agree")
+
+
 class ExtraBenchmarks(Settings):
     extra_benchmarks: dict[str, dict] = param({}, "your own benchmarks: name -> registry entry")
 
@@ -237,14 +246,16 @@ class StageInputs(Settings):
     mode: Literal["cot", "tir"] = param("cot", "prompt format trained here, and evaluated in")
 
 
-class StageConfig(Seeded, PromptDir, StageInputs, Variant, Step):
+class StageConfig(Seeded, PromptFormat, PromptDir, StageInputs, Variant, Step):
     """Steps 4 and 5: one SFT stage (they differ only in their defaults, `STEPS`); `mumath.sft.TrainConfig`
     is the same parameters, flattened, plus the output folder."""
     training: Training = Training()
 
 
-class EvaluateConfig(Seeded, PromptDir, ExtraBenchmarks, DataDir, Engine, Variant, Step):
+class EvaluateConfig(Seeded, PromptFormat, PromptDir, ExtraBenchmarks, DataDir, Engine, Variant, Step):
     """Step 6: tool-integrated (and CoT) evaluation of one model."""
+    context_length: Optional[int] = param(None, "served model's context in tokens (clamps max_tokens); None: "
+                                                "asked from the server", ge=1)
     evaluation: Evaluation = Evaluation()
     sandbox: Sandbox = Sandbox()
 
@@ -274,7 +285,7 @@ STEPS = {
     "analysis": StepSchema(AnalysisConfig),
 }
 # Top-level keys of a params file: each reaches every step of the file whose configuration has it.
-SHARED = ("seed", "data_dir", "prompt_dir", "extra_benchmarks", "teacher", "seeds", "sandbox", "training",
+SHARED = ("seed", "data_dir", "prompt_dir", "prompt_format", "extra_benchmarks", "teacher", "seeds", "sandbox", "training",
           "evaluation")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .params import PromptDir, Seeded, StageInputs, Training
+from .params import PromptDir, PromptFormat, Seeded, StageInputs, Training
 from .records import append_jsonl, read_jsonl, write_json, write_jsonl
 
 # Packing (best-fit decreasing, padding-free) per device. Measured on CPU (benchmarks/results/train-cpu.json):
@@ -41,7 +41,7 @@ class TrainConfigError(ValueError):
     pass
 
 
-class TrainConfig(Training, StageInputs, PromptDir, Seeded):
+class TrainConfig(Training, StageInputs, PromptFormat, PromptDir, Seeded):
     """One stage's training job: the parameters of `mumath.params` (the `training` group and the stage's
     inputs, declared there once) plus its output folder. Invalid values raise TrainConfigError."""
     output_dir: str
@@ -402,7 +402,8 @@ def train(config, print_fn=print):
     """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
-    from .sft_examples import build_examples, ensure_chat_template, load_rows
+    from .prompts import apply_prompt_format, format_prompt_dir
+    from .sft_examples import build_examples, load_rows
 
     config.validate()
     device = device_kind()
@@ -424,11 +425,13 @@ def train(config, print_fn=print):
 
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
-    if ensure_chat_template(tokenizer):
-        print_fn(f"[train] {init_path} has no chat template; using mumath.sft_examples.FALLBACK_CHAT_TEMPLATE")
+    if config.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        print_fn(f"[train] {init_path} has no chat template; using mumath.prompts.FALLBACK_CHAT_TEMPLATE")
+    apply_prompt_format(tokenizer, config.prompt_format)  # saved with final/: evaluation formats the same way
     rows = load_rows(config.data)
     rows = rows[:config.max_rows] if config.max_rows else rows
-    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
+    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length,
+                                          format_prompt_dir(config.prompt_format, config.prompt_dir),
                                           source=str(config.data))
     if not examples:
         raise TrainConfigError(f"{config.data}: none of its {len(rows)} rows fits max_length {config.max_length}")
@@ -497,7 +500,8 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "mumath_train.json",
                    {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode})
+                    "finetune": config.finetune, "mode": config.mode,
+                    "prompt_format": config.prompt_format})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -19,7 +19,12 @@ def make_step_teacher(config, run_dir):
     """The teacher of a step's `teacher` group (its responses cached under the run folder)."""
     from .teacher import make_teacher
 
-    teacher = make_teacher(run_dir, config.teacher)
+    t = config.teacher
+    teacher = make_teacher(run_dir, backend=t.backend, model=t.model, base_url=t.base_url, api_model=t.api_model,
+                           api_key_env=t.api_key_env, tokenizer=t.tokenizer, batch_size=t.batch_size,
+                           max_concurrency=t.max_concurrency, max_retries=t.max_retries, cache_path=t.cache_path,
+                           price_per_1m_prompt=t.price_per_1m_prompt,
+                           price_per_1m_completion=t.price_per_1m_completion, server=t.server)
     print("teacher:", teacher.identity, "| cached responses:", len(teacher.cache))
     return teacher
 
@@ -84,7 +89,7 @@ def run_stage(config):
     run_dir = resolve_run_dir(config.run_dir)
     return train_stage(run_dir, step_of(config.step_name), data=config.data, init_model=config.init_model,
                        step_name=config.step_name, mode=config.mode, seed=config.seed, prompt_dir=config.prompt_dir,
-                       **config.training.model_dump())
+                       prompt_format=config.prompt_format, **config.training.model_dump())
 
 
 def plot_training_log(stage_dir):
@@ -126,7 +131,8 @@ def run_evaluate(config, progress=True):
         max_new_tokens=g.max_new_tokens, max_rounds=e.max_rounds, batch_size=e.batch_size,
         max_concurrency=e.max_concurrency, n_samples=e.n_samples, temperature=g.temperature, top_p=g.top_p,
         seed=config.seed, carry_state=e.carry_state, exec_workers=sandbox.workers, exec_timeout=sandbox.timeout,
-        exec_memory_mb=sandbox.memory_mb, prompt_dir=config.prompt_dir, chunk_size=e.chunk_size, progress=progress)
+        exec_memory_mb=sandbox.memory_mb, prompt_dir=config.prompt_dir, chunk_size=e.chunk_size, progress=progress,
+        prompt_format=config.prompt_format, context_length=config.context_length, server=config.server)
 
 
 def run_analysis(config):
