@@ -149,8 +149,8 @@ def test_a_params_file_starts_and_stops_the_server_by_itself(tmp_path, data_dir)
 
     params = tmp_path / "served.yaml"
     params.write_text(yaml.safe_dump({"run": "served", "steps": {"evaluate": {
-        "server": TRANSFORMERS, "benchmarks": ["gsm8k"], "limit": 2, "modes": ["cot"], "max_new_tokens": 8,
-        "exec_workers": 1, "data_dir": str(data_dir)}}}))
+        "server": TRANSFORMERS, "data_dir": str(data_dir), "sandbox": {"workers": 1}, "evaluation": {
+            "benchmarks": ["gsm8k"], "limit": 2, "modes": ["cot"], "generation": {"max_new_tokens": 8}}}}}))
     run_dir = run(str(params), outputs=tmp_path / "outputs", log_output=False)
     metrics = json.loads((run_dir / "evaluate" / "summary.json").read_text())
     assert metrics[0]["n"] == 2 and metrics[0]["completion_tokens"] > 0
