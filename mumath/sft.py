@@ -163,11 +163,13 @@ def qlora_quantization(compute_dtype="bf16"):
                                                              .get(compute_dtype, "bfloat16")))
 
 
-def check_qlora_device(device):
-    if device != "cuda":
-        raise TrainConfigError(
-            "parameter 'finetune' is 'qlora', which needs a CUDA GPU (bitsandbytes 4-bit NF4 kernels); this "
-            "machine has none. Use finetune 'lora' or 'full' here, or run on a GPU (params/colab-t4-qlora.yaml)")
+QLORA_CPU_NOTE = ("[train] finetune 'qlora' on CPU: bitsandbytes runs NF4 there through its slow CPU path "
+                  "(seconds per step even for a tiny model); use it to check a recipe, train on a CUDA GPU")
+
+
+def qlora_device_note(device):
+    """QLoRA runs everywhere bitsandbytes 0.50 does (CUDA, and NF4 on CPU); on CPU it is slow, say so."""
+    return QLORA_CPU_NOTE if device != "cuda" else None
 
 
 def torch_dtype(precision):
@@ -285,6 +287,32 @@ def reduce_counts(counter):
     return int(counts[0]), int(counts[1])
 
 
+def parameter_count(parameter):
+    """Elements of one parameter in the whole model, not in this process's shard.
+
+    ZeRO-3 leaves an empty local tensor and keeps the full size in `ds_numel`; FSDP2's DTensors report the
+    global shape; bitsandbytes' 4-bit weights pack two values per byte and keep the shape in `quant_state`.
+    """
+    if hasattr(parameter, "ds_numel"):
+        return int(parameter.ds_numel)
+    quant_state = getattr(parameter, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        import math
+
+        return math.prod(quant_state.shape)
+    return parameter.numel()
+
+
+def parameter_counts(model):
+    """(trainable, total) parameters of the whole model, however it is sharded or quantized."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter_count(parameter)
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total
+
+
 def peak_memory_gb(device):
     import resource
 
@@ -389,9 +417,8 @@ def train(config, print_fn=print):
 
     config.validate()
     device = device_kind()
-    if config.finetune == "qlora":
-        qlora_quantization()  # build and validate the quantization config even where it cannot run
-        check_qlora_device(device)
+    if config.finetune == "qlora" and qlora_device_note(device):
+        print_fn(qlora_device_note(device))
     out = Path(config.output_dir)
     init_path = resolve_model_path(config.init_model)
     digest = fingerprint(config, config.data, init_path)
@@ -425,9 +452,8 @@ def train(config, print_fn=print):
     seconds = time.perf_counter() - started
     tokens, positions = reduce_counts(counter)
 
-    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in trainer.model.parameters())
+    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0, print_fn)
+    trainable, total_params = parameter_counts(trainer.model)
     tokens_per_second = tokens / counter.step_seconds if counter.step_seconds else 0.0
     stats = {
         "stage_dir": str(out), "init_model": str(config.init_model), "data": str(config.data),
@@ -453,38 +479,70 @@ def last_logged_loss(history):
     return losses[-1] if losses else None
 
 
-def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0):
-    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base."""
-    import torch
+def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0, print_fn=print):
+    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base.
 
+    Every rank takes part in gathering the weights (ZeRO-3 / FSDP shards); the rest happens on rank 0 alone
+    and ends with no collective call, so the other ranks never wait on rank 0's merge (a long merge, or one
+    that fails, cannot leave them blocked at a barrier).
+    """
     tmp = final.with_name(final.name + ".partial")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while saving
-    if config.finetune == "full":
-        trainer.save_model(str(tmp))  # gathers ZeRO-3 / FSDP shards on rank 0
-    else:
-        adapter = final.parent / "adapter"
-        trainer.save_model(str(adapter))
-        if rank0:
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
+    adapter = final.parent / "adapter"
+    # Collective: gathers ZeRO-3 / FSDP shards to rank 0, which writes them.
+    trainer.save_model(str(tmp if config.finetune == "full" else adapter))
+    if not rank0:
+        return
+    if config.finetune != "full":
+        # Merge into the unquantized base (merging into 4-bit weights would round them again).
+        dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
+        merge_adapter(init_path, adapter, dtype, tmp)
+    tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
+    tokenizer.save_pretrained(str(tmp))
+    write_json(tmp / "mumath_train.json",
+               {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
+                "finetune": config.finetune, "mode": config.mode})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    print_fn(f"[train] wrote {final}")
 
-            # Merge into the unquantized base (merging into 4-bit weights would round them again).
-            dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
-            base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.save_pretrained(str(tmp), safe_serialization=True)
-    if rank0:
-        tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "mumath_train.json",
-                   {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode})
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+
+def merge_adapter(init_path, adapter, dtype, out):
+    """Base model + LoRA adapter -> one plain model in `out`, loaded whole in this process.
+
+    Runs on one rank while the others may have left: the base must load as an ordinary model, outside
+    DeepSpeed's sharded initialisation (which would turn the load into a broadcast the other ranks never join).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with outside_zero3_init():
+        base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+
+
+class outside_zero3_init:
+    """Within: `from_pretrained` builds a whole model in this process, even while a ZeRO-3 Trainer lives.
+
+    transformers consults one process-wide reference to the Trainer's DeepSpeed config and, under ZeRO-3,
+    wraps every model construction in `deepspeed.zero.Init` (parameters partitioned over all ranks).
+    """
+
+    def __enter__(self):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        self.saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        hf_deepspeed._hf_deepspeed_config_weak_ref = self.saved
+        return False
 
 
 # ---------------------------------------------------------------- launching
