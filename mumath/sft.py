@@ -323,14 +323,23 @@ def peak_memory_gb(device):
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB -> GiB (Linux)
 
 
-def mfu(params, tokens_per_second, device):
-    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted)."""
+def gpu_name(device):
     import torch
 
-    if device != "cuda":
-        return None
-    name = torch.cuda.get_device_name(0)
-    peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return torch.cuda.get_device_name(0) if device == "cuda" else None
+
+
+def peak_flops(name):
+    """The dense bf16/fp16 peak of a GPU named like 'NVIDIA H100 80GB HBM3' (None when not in PEAK_FLOPS)."""
+    return next((flops for key, flops in PEAK_FLOPS if key in str(name or "")), None)
+
+
+def mfu(params, tokens_per_second, device):
+    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted).
+
+    `params` counts the whole model (`parameter_counts`) and tokens/s the whole job, so the peak is that of
+    every process's GPU."""
+    peak = peak_flops(gpu_name(device)) if device == "cuda" else None
     if peak is None:
         return None
     return round(6 * params * tokens_per_second / (peak * world_size()), 4)
@@ -467,7 +476,7 @@ def train(config, print_fn=print):
         "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
         "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
         "trainable_parameters": trainable, "parameters": total_params,
-        "mfu": mfu(total_params, tokens_per_second, device),
+        "mfu": mfu(total_params, tokens_per_second, device), "gpu": gpu_name(device),
     }
     if rank0:
         write_json(out / STATS, stats)
