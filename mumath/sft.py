@@ -293,13 +293,13 @@ def parameter_count(parameter):
     ZeRO-3 leaves an empty local tensor and keeps the full size in `ds_numel`; FSDP2's DTensors report the
     global shape; bitsandbytes' 4-bit weights pack two values per byte and keep the shape in `quant_state`.
     """
-    if hasattr(parameter, "ds_numel"):
-        return int(parameter.ds_numel)
-    quant_state = getattr(parameter, "quant_state", None)
+    quant_state = getattr(parameter, "quant_state", None)  # before ds_numel: ZeRO-3 counts packed bytes
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         import math
 
         return math.prod(quant_state.shape)
+    if hasattr(parameter, "ds_numel"):
+        return int(parameter.ds_numel)
     return parameter.numel()
 
 
