@@ -583,10 +583,31 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     if device_kind() == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_processes))))
     print_fn("[train] " + " ".join(command))
-    completed = subprocess.run(command, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"accelerate launch exited with {completed.returncode} (command: {' '.join(command)})")
+    returncode = run_process_group(command, env)
+    if returncode != 0:
+        raise RuntimeError(f"accelerate launch exited with {returncode} (command: {' '.join(command)})")
     return json.loads((out / STATS).read_text())
+
+
+def run_process_group(command, env):
+    """Run the launcher and its ranks as one process group; if this process is interrupted (Ctrl-C, a test's
+    timeout), end the whole group so that no rank is left behind holding memory or a port."""
+    import signal
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the ranks get a moment to exit, then are killed
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        raise
 
 
 def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, step_name=None,

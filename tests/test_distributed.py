@@ -92,6 +92,7 @@ def relative_difference(final, reference, base):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # a deadlock (as LoRA under ZeRO-3 had) fails here; launch then ends every rank
 @pytest.mark.parametrize("accelerate_config,finetune", [
     ("zero3.yaml", "full"), ("zero3.yaml", "lora"), ("zero3.yaml", "qlora"),
     ("fsdp2.yaml", "full"), ("fsdp2.yaml", "lora")])
@@ -116,3 +117,41 @@ def test_two_ranks_finish_write_final_once_and_match_one_process(
         (reference["parameters"], reference["trainable_parameters"])
     assert losses(tmp_path / "two") == pytest.approx(losses(reference_dir), rel=2e-3)
     assert relative_difference(final, reference_dir / "final", tiny_model) < 0.05
+
+
+def test_an_interrupted_launch_leaves_no_rank_behind(tmp_path):
+    """A timeout or Ctrl-C in the caller ends the launcher and every process it started."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from mumath.sft import run_process_group
+
+    child_pid = tmp_path / "child.pid"
+    script = (f"import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(120)']); open({str(child_pid)!r}, 'w').write(str(child.pid)); time.sleep(120)")
+
+    def interrupt(signum, frame):
+        raise TimeoutError("test timeout")
+
+    def interrupt_once_the_grandchild_runs():
+        deadline = time.time() + 60
+        while not child_pid.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGALRM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    threading.Thread(target=interrupt_once_the_grandchild_runs, daemon=True).start()
+    try:
+        with pytest.raises(TimeoutError):
+            run_process_group([sys.executable, "-c", script], dict(os.environ))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(child_pid.read_text())
+    deadline = time.time() + 5
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and \
+            "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
