@@ -38,7 +38,7 @@ def rows_file(tmp_path_factory, data_dir):
     from mumath.records import read_jsonl
 
     rows = []
-    for index, record in enumerate(read_jsonl(data_dir / "gsm8k" / "train.jsonl.gz")[:8]):
+    for index, record in enumerate(read_jsonl(data_dir / "gsm8k" / "train.jsonl.gz")[:16]):
         body, answer = record["answer"].split("####")
         rows.append({"id": f"gsm8k-{index}", "question": record["question"],
                      "messages": [{"role": "user", "content": record["question"]},
@@ -51,10 +51,11 @@ def rows_file(tmp_path_factory, data_dir):
 
 def config_for(folder, tiny_model, rows_file, finetune):
     # Random batch order (length grouping sizes its groups by the per-process batch) and no packing: one
-    # process and two draw the same global batches. fp32 on every path, so the comparison is exact math.
+    # process and two draw the same global batches. 2 steps x 4 rows stay within the first epoch (at an
+    # epoch's end, a distributed sampler pads its last batch, one process does not). fp32 on every path, so the comparison is exact math.
     return TrainConfig(output_dir=str(folder), data=str(rows_file), init_model=str(tiny_model), mode="tir",
                        finetune=finetune, max_steps=2, learning_rate=1e-3, global_batch_size=4,
-                       per_device_batch_size=2, max_length=256, save_steps=100, warmup_ratio=0.0, seed=0,
+                       per_device_batch_size=2, max_length=512, save_steps=100, warmup_ratio=0.0, seed=0,
                        packing=False, group_by_length=False, precision="fp32", lora_dropout=0.0)
 
 
