@@ -563,6 +563,7 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     <output_dir>/stats.json.
     """
     config.validate()
+    check_launch_mode(config, accelerate_config)
     if num_processes <= 1 and not accelerate_config:
         return train(config, print_fn)
     out = Path(config.output_dir)
@@ -587,6 +588,22 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     if returncode != 0:
         raise RuntimeError(f"accelerate launch exited with {returncode} (command: {' '.join(command)})")
     return json.loads((out / STATS).read_text())
+
+
+def check_launch_mode(config, accelerate_config):
+    """Refuse, before anything starts, an accelerate config that is missing or a mode that is not supported
+    (QLoRA under FSDP: its 4-bit weights need FSDP1's quant_storage handling)."""
+    if not accelerate_config:
+        return
+    import yaml
+
+    path = Path(accelerate_config)
+    if not path.is_file():
+        raise TrainConfigError(f"parameter 'accelerate_config': {path} does not exist (see configs/accelerate/)")
+    distributed_type = (yaml.safe_load(path.read_text()) or {}).get("distributed_type")
+    if config.finetune == "qlora" and distributed_type == "FSDP":
+        raise TrainConfigError(f"parameter 'finetune' is 'qlora' and accelerate_config {path} is FSDP: not supported; "
+                               "use configs/accelerate/zero3.yaml, or finetune 'lora'")
 
 
 def run_process_group(command, env):

@@ -156,3 +156,14 @@ def test_an_interrupted_launch_leaves_no_rank_behind(tmp_path):
             "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_an_unsupported_mode_or_a_missing_config_is_refused_before_launch(tmp_path):
+    from mumath.sft import TrainConfigError
+
+    config = config_for(tmp_path / "stage", tmp_path / "model", tmp_path / "rows.jsonl", "qlora")
+    with pytest.raises(TrainConfigError, match="'qlora' and accelerate_config .*fsdp2.yaml is FSDP"):
+        launch(config, num_processes=2, accelerate_config=CONFIGS / "fsdp2.yaml")
+    with pytest.raises(TrainConfigError, match="'accelerate_config': .*zero4.yaml does not exist"):
+        launch(config, num_processes=2, accelerate_config=CONFIGS / "zero4.yaml")
+    assert not (tmp_path / "stage").exists(), "refused before writing anything"
