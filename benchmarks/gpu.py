@@ -32,13 +32,13 @@ SIZES = {
     "full": {"sft": ["--examples", "256", "--max-length", "2048", "--batch-size", "8"],
              "evaluate": ["--problems", "256", "--max-new-tokens", "512", "--max-rounds", "3", "--batch-size", "256"],
              "qlora": ["--examples", "256", "--max-length", "2048"]},
-    "tiny": {"sft": ["--examples", "8", "--max-length", "512", "--batch-size", "4"],
-             "evaluate": ["--problems", "4", "--max-new-tokens", "48", "--max-rounds", "1", "--batch-size", "4",
-                          "--no-bf16"],
-             "qlora": ["--examples", "4", "--max-length", "512"]},
+    "tiny": {"sft": ["--examples", "4", "--max-length", "256", "--batch-size", "2"],
+             "evaluate": ["--problems", "2", "--max-new-tokens", "32", "--max-rounds", "1", "--batch-size", "2",
+                          "--few-shot", "0", "--no-bf16"],
+             "qlora": ["--examples", "2", "--max-length", "256"]},
 }
 # --tiny quickstart: one seed per benchmark, one training step per stage, one GSM8K problem evaluated.
-TINY_QUICKSTART = {"seeds_per_benchmark": 1, "max_steps": 1, "global_batch_size": 1, "max_length": 512,
+TINY_QUICKSTART = {"seeds_per_benchmark": 1, "max_steps": 1, "global_batch_size": 1,
                    "evaluation": {"benchmarks": ["gsm8k"], "limit": 1, "max_new_tokens": 64, "max_rounds": 1}}
 
 
