@@ -1,7 +1,8 @@
 """Everything a GPU machine should measure, in one command, from local files only (no network):
 
     python benchmarks/gpu.py [--model embedded] [--out benchmarks/results/gpu-<device>.json]
-    python benchmarks/gpu.py --tiny            # the same parts at toy sizes (a CPU check that the script works)
+    python benchmarks/gpu.py --tiny            # the same parts at toy sizes on a toy model (a CPU check that
+                                               # the script works; its numbers measure nothing)
 
 Parts, each in its own process (one part's failure or memory is not the next one's), each reusing the
 benchmark that owns it:
@@ -26,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 PARTS = ("sft", "evaluate", "qlora", "quickstart")
 # Sizes: the real measurement, and --tiny (seconds to minutes on 2 CPU cores; shows the script works).
 SIZES = {
@@ -40,6 +42,22 @@ SIZES = {
 # --tiny quickstart: one seed per benchmark, one training step per stage, one GSM8K problem evaluated.
 TINY_QUICKSTART = {"seeds_per_benchmark": 1, "max_steps": 1, "global_batch_size": 1,
                    "evaluation": {"benchmarks": ["gsm8k"], "limit": 1, "max_new_tokens": 64, "max_rounds": 1}}
+
+
+def toy_model(folder):
+    """The embedded model's architecture and tokenizer shrunk to 2 layers of width 64, random weights (--tiny)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mumath.models import embedded_model_dir
+
+    config = AutoConfig.from_pretrained(embedded_model_dir())
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(folder)
+    return str(folder)
 
 
 def machine():
@@ -113,7 +131,7 @@ def qlora_part(args, size, scratch):
     return {"command": command, "seconds": seconds, **report["arms"]["qlora-packed"]}
 
 
-def quickstart_params(size, scratch):
+def quickstart_params(size, scratch, model):
     """params/quickstart.yaml as is, or (--tiny) shrunk to one seed, one step and one problem per evaluation."""
     import yaml
 
@@ -124,16 +142,20 @@ def quickstart_params(size, scratch):
     plan.pop("anchors", None)  # already merged into the steps that use them
     evaluation = TINY_QUICKSTART["evaluation"]
     plan.update({key: value for key, value in TINY_QUICKSTART.items() if key != "evaluation"})
+    plan.update(teacher_model=model, model=model)  # the toy model teaches, trains and is evaluated
     for step, params in plan["steps"].items():
         if step.split(".")[0] == "evaluate":
             params.update(evaluation)
+            if params.get("model") == "embedded":
+                params["model"] = model
+    plan["steps"]["stage1"] = dict(plan["steps"].get("stage1") or {}, init_model=model)
     path = scratch / "quickstart-tiny.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path
 
 
 def quickstart_part(args, size, scratch):
-    params = quickstart_params(size, scratch)
+    params = quickstart_params(size, scratch, args.model)
     outputs = scratch / "outputs"
     command = [sys.executable, "-m", "mumath", "run", str(params), "--outputs", str(outputs)]
     seconds, error = run_part("quickstart", command, scratch)
@@ -174,6 +196,9 @@ def main(argv=None):
     out = Path(args.out or HERE / "results" / f"gpu-{host['device']}{'-tiny' if size == 'tiny' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mumath-gpu-bench-") as scratch:
+        if size == "tiny" and args.model == "embedded":
+            args.model = toy_model(Path(scratch) / "toy-model")
+            report["model"] = "toy: the embedded model's config with 2 layers of width 64, random weights"
         for part in parts:
             report["parts"][part] = runners[part](args, size, Path(scratch))
             report["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
