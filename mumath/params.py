@@ -101,7 +101,8 @@ class Sandbox(Group):
 
 class Training(Group):
     """Supervised fine-tuning (steps stage1 and stage2)."""
-    finetune: Literal["full", "lora", "qlora"] = param("full", "full | lora | qlora (qlora: slow on CPU, bitsandbytes NF4)")
+    finetune: Literal["full", "lora", "qlora"] = param("full", "full | lora | qlora (qlora: slow on CPU, "
+                                                               "bitsandbytes NF4)")
     epochs: float = param(3.0, "passes over the data", ge=0)
     max_steps: int = param(-1, "> 0 overrides epochs", ge=-1)
     learning_rate: float = param(2e-5, "peak learning rate", gt=0)
