@@ -282,14 +282,21 @@ def tensorboard_callback(folder):
 
 
 class Throughput:
-    """Tokens per second of the steps since the last log line (rank 0's own batches: per process)."""
+    """Tokens per second of the steps since the last log line (this process's batches: per process).
+
+    Tokens are counted as the training step receives its batch, not in the collator: the data loader
+    collates a batch ahead, which would credit a step's tokens to the one before."""
 
     def __init__(self, counter):
         self.counter, self.tokens, self.seconds = counter, 0, 0.0
 
+    def add(self, inputs):
+        mask = inputs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+
     def since_last(self):
-        tokens, seconds = self.counter.tokens - self.tokens, self.counter.step_seconds - self.seconds
-        self.tokens, self.seconds = self.counter.tokens, self.counter.step_seconds
+        seconds = self.counter.step_seconds - self.seconds
+        tokens, self.tokens, self.seconds = self.tokens, 0, self.counter.step_seconds
         return round(tokens / seconds, 1) if seconds > 0 and tokens else None
 
 
@@ -392,6 +399,11 @@ def trainer_class():
                 if tokens_per_second is not None:
                     logs["tokens_per_second"] = tokens_per_second
             super().log(logs, start_time)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.throughput is not None:
+                self.throughput.add(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if inputs["input_ids"].device.type == "cuda":
