@@ -103,3 +103,19 @@ def test_push_refuses_a_bad_repository_or_folder_before_any_upload(tmp_path):
     assert api.calls == []
     assert push_folder(stage, "someone/model", api=api) == "https://hub.invalid/c/1"
     assert set(api.calls[1][2]) == {"config.json", "README.md", "training/stats.json", "training/train_config.json"}
+
+
+def test_push_command_uploads_a_stage_folder_private_by_default(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from mumath.runner import main
+
+    api = FakeHfApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", type("HfApi", (), {"__new__": lambda cls, *a, **k: api}))
+    stage = stage_folder(tmp_path)
+    write_model_card(stage)
+    assert main(["push", str(stage), "--repo-id", "someone/model"]) == 0
+    assert api.calls[0] == ("create_repo", "someone/model", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert "https://hub.invalid/c/1" in capsys.readouterr().out
+    assert main(["push", str(tmp_path), "--repo-id", "someone/model"]) == 2
+    assert "neither a trained stage folder" in capsys.readouterr().err
