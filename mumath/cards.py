@@ -43,10 +43,14 @@ def manifest_provenance(run_dir):
 
 
 def base_model_id(init_model):
-    """The hub id a card's `base_model` names ('embedded' -> SmolLM2-135M-Instruct); None for a local folder."""
+    """The hub id a card's `base_model` names ('embedded' -> SmolLM2-135M-Instruct); a stage's final folder
+    (stage 2 starts from stage 1's) names the model that stage started from; None for another local folder."""
     init_model = str(init_model)
     if init_model == "embedded":
         return EMBEDDED_HUB_ID
+    trained = Path(init_model) / "mumath_train.json"
+    if trained.exists():
+        return base_model_id(json.loads(trained.read_text()).get("init_model", ""))
     if Path(init_model).exists() or init_model.startswith((".", "/", "~")) or init_model.count("/") != 1:
         return None
     return init_model

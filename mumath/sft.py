@@ -239,6 +239,7 @@ def prepare_output(out, print_fn=print, digest=None):
     if previous is not None and previous != digest:
         print_fn(f"[train] {out}: configuration, data or initial model changed; discarding old checkpoints")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # curves of another configuration would mix in
         (out / LOG).unlink(missing_ok=True)
 
 

@@ -60,6 +60,8 @@ def test_model_card_gains_its_evaluation_table_and_only_its_own(tmp_path):
     assert "| base | gsm8k | tir | 4 | 1 | 25.0 |" in card and "stage-1" not in card
     assert stage_evaluation(stage_folder(tmp_path, "stage1"), entries[1:2]) == []
     assert base_model_id("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B" and base_model_id(str(stage)) is None
+    (stage / "final" / "mumath_train.json").write_text(json.dumps({"init_model": "embedded"}))
+    assert base_model_id(str(stage / "final")) == "HuggingFaceTB/SmolLM2-135M-Instruct"  # stage 2 from stage 1
 
 
 def test_filter_step_writes_a_dataset_card_and_pushes_it_with_the_data(tmp_path, data_dir, monkeypatch):
