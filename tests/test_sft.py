@@ -254,3 +254,16 @@ def test_report_to_is_validated_and_push_needs_a_repository_before_training(tmp_
     with pytest.raises(CardError, match="'hub_repo_id' is None"):
         run_stage(tmp_path, "stage1", push_to_hub=True)
     assert not (tmp_path / "stage1").exists()
+
+
+def test_changed_configuration_clears_old_curves_and_checkpoints(tmp_path):
+    from mumath.sft import prepare_output
+
+    for folder in ("checkpoints/checkpoint-2", "tensorboard"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_text("old")
+    (tmp_path / "train_config.json").write_text(json.dumps({"fingerprint": "old"}))
+    prepare_output(tmp_path, print_fn=lambda *_: None, digest="old")
+    assert (tmp_path / "tensorboard" / "events.out.tfevents.1").exists()  # same configuration: resumed, kept
+    prepare_output(tmp_path, print_fn=lambda *_: None, digest="new")
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "checkpoints").exists()
