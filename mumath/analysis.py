@@ -409,7 +409,9 @@ def run_analysis(run_dir, runs=None, out_dir=None, failing_examples=3, record=Tr
     analysis["figures"], analysis["report"] = write_report(analysis, out_dir)
     analysis["model_cards"] = refresh_model_cards(run_dir, analysis)
     if record:
-        record_inputs(run_dir, files_read(analysis))
+        browsed = [path for run in run_dirs for path in sorted((run / "synthesize").glob("*_trajectories.jsonl"))] \
+            if analysis.get("browser") else []
+        record_inputs(run_dir, files_read(analysis) + [str(path) for path in browsed])
     return analysis
 
 
