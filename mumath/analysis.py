@@ -379,7 +379,7 @@ def run_analysis(run_dir, runs=None, out_dir=None, failing_examples=3, record=Tr
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "analysis"
     analysis["out_dir"] = str(out_dir)
     if browser_limit != 0:
-        analysis["browser"] = write_page(run_dirs, out_dir / PAGE, browser_limit)
+        analysis["browser"] = write_page(analysis, out_dir / PAGE, browser_limit)
     analysis["figures"], analysis["report"] = write_report(analysis, out_dir)
     analysis["model_cards"] = refresh_model_cards(run_dir, analysis)
     if record:

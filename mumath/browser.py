@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .records import read_jsonl
+from .records import read_json, read_jsonl
 
 BLOCK = re.compile(r"```(python|output)[ \t]*\n(.*?)```", re.DOTALL)
 FILTERS = ("source", "model", "benchmark", "mode", "outcome", "rounds")
@@ -52,19 +52,17 @@ def record(source, model, row, benchmark, mode):
             "tags": outcome_tags(row.get("correct"), executions, row.get("pred"))}
 
 
-def evaluation_records(run_dir, limit=None):
-    """Every evaluation trajectory under the run (all samples), with its model's role as the model."""
-    from .analysis import metrics_files, model_of, model_role, provenance
-
-    prov, records = provenance(run_dir), []
-    for path, metrics in metrics_files(run_dir):
-        model = model_of(path, metrics, prov)
-        role = model_role(model)
-        fingerprint, group = metrics.get("fingerprint"), []
-        for row in read_jsonl(path.with_name("trajectories.jsonl")):
-            if fingerprint and row.get("fingerprint") != fingerprint:
-                continue  # a row of another configuration (see analysis.evaluation_rows)
-            group.append(record("evaluate", role, row, metrics["benchmark"], metrics["mode"]))
+def evaluation_records(entries, limit=None):
+    """Every trajectory (all samples) of the evaluations the analysis found (`mumath.analysis`'s evaluation
+    entries: metrics file, benchmark, mode, the model's role), the role standing for the model."""
+    records = []
+    for entry in entries:
+        metrics_path = Path(entry["metrics_path"])
+        fingerprint = (read_json(metrics_path, missing_ok=True) or {}).get("fingerprint")
+        trajectories = metrics_path.with_name("trajectories.jsonl")
+        group = [record("evaluate", entry["role"], row, entry["benchmark"], entry["mode"])
+                 for row in (read_jsonl(trajectories) if trajectories.exists() else [])
+                 if not fingerprint or row.get("fingerprint") == fingerprint]  # rows of another configuration: out
         records += group[:limit] if limit is not None else group
     return records
 
@@ -91,14 +89,15 @@ def synthesis_records(run_dir, limit=None):
     return records
 
 
-def collect_records(run_dirs, limit=None):
-    """Evaluation then synthesis trajectories of each run; `limit` caps each (model, benchmark, mode) group."""
-    records = []
-    run_dirs = [Path(path) for path in run_dirs]
-    for run_dir in run_dirs:
-        for entry in evaluation_records(run_dir, limit) + synthesis_records(run_dir, limit):
-            if len(run_dirs) > 1:
-                entry["model"] = f"{run_dir.name}: {entry['model']}"
+def collect_records(analysis, limit=None):
+    """Evaluation then synthesis trajectories of each run of a collected analysis (`mumath.analysis.collect`,
+    or `run_analysis`'s result); `limit` caps each (source, model, benchmark, mode) group."""
+    records, runs = [], analysis["runs"]
+    for run in runs:
+        for entry in evaluation_records(run["evaluation"], limit) + \
+                synthesis_records(run["provenance"]["run_dir"], limit):
+            if len(runs) > 1:
+                entry["model"] = f"{run['provenance']['run']}: {entry['model']}"
             records.append(entry)
     return records
 
@@ -253,16 +252,16 @@ Click a trajectory to open it.</p>
 """
 
 
-def write_page(run_dirs, path, limit=200, title=None):
-    """Collect the runs' trajectories and write the static page; returns {path, trajectories, limit}."""
-    run_dirs = [Path(p) for p in run_dirs]
-    records = collect_records(run_dirs, limit)
-    note = (f"Runs: {', '.join(str(p) for p in run_dirs)}. "
+def write_page(analysis, path, limit=200, title=None):
+    """The static page of a collected analysis's trajectories; returns {path, trajectories, limit}."""
+    records = collect_records(analysis, limit)
+    names = [run["provenance"]["run"] for run in analysis["runs"]]
+    note = (f"Runs: {', '.join(names)}. "
             + (f"At most {limit} trajectories per source, model, benchmark and mode (parameter browser_limit)."
                if limit is not None else "All trajectories."))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(records, title or "Trajectories: " + ", ".join(p.name for p in run_dirs), note))
+    path.write_text(render_page(records, title or "Trajectories: " + ", ".join(names), note))
     return {"path": str(path), "trajectories": len(records), "limit": limit}
 
 

@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from mumath.analysis import collect
 from mumath.browser import (browser_widget, collect_records, render_page, render_trajectory, segments,
                             write_page)
 from mumath.evaluate import trajectory_row
 from mumath.tir import Trajectory, format_output
 
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">&amp; </pre></details>'
+
+
+def records_of(run_dir, limit=None):
+    return collect_records(collect([run_dir]), limit)
 
 
 def execution(code, output, error=None, timed_out=False):
@@ -85,7 +90,7 @@ def run_dir(tmp_path):
 
 
 def test_records_carry_outcome_tags_roles_and_sources(run_dir):
-    records = {(r["model"], r["benchmark"], r["mode"], r["id"]): r for r in collect_records([run_dir])}
+    records = {(r["model"], r["benchmark"], r["mode"], r["id"]): r for r in records_of(run_dir)}
     assert len(records) == 5
     fixed = records[("stage-2", "gsm8k", "tir", "gsm8k-0")]
     assert fixed["tags"] == ["correct", "error"] and fixed["rounds"] == 3 and fixed["source"] == "evaluate"
@@ -93,11 +98,11 @@ def test_records_carry_outcome_tags_roles_and_sources(run_dir):
     assert records[("base", "gsm8k", "tir", "gsm8k-0")]["tags"] == ["wrong", "no answer"]
     synthesized = records[("teacher", "gsm8k", "tir", "gsm8k/train/1/tir/0")]
     assert synthesized["source"] == "synthesize" and synthesized["executions"][0]["output"] == "5"
-    assert len(collect_records([run_dir], limit=1)) == 4  # one per (source, model, benchmark, mode) group
+    assert len(records_of(run_dir, limit=1)) == 4  # one per (source, model, benchmark, mode) group
 
 
 def test_generation_is_cut_into_rounds_with_each_code_block_paired_with_its_execution(run_dir):
-    fixed = next(r for r in collect_records([run_dir]) if r["id"] == "gsm8k-0" and r["model"] == "stage-2")
+    fixed = next(r for r in records_of(run_dir) if r["id"] == "gsm8k-0" and r["model"] == "stage-2")
     rounds = segments(fixed["generation"], fixed["executions"])
     assert [[kind for kind, _, _ in pieces] for pieces in rounds] == [["text", "code", "output"],
                                                                        ["text", "code", "output"], ["text"]]
@@ -108,7 +113,7 @@ def test_generation_is_cut_into_rounds_with_each_code_block_paired_with_its_exec
 
 
 def test_hostile_model_text_is_escaped_everywhere(run_dir):
-    page = render_page(collect_records([run_dir]))
+    page = render_page(records_of(run_dir))
     assert "<script>window.__pwned" not in page and "<img" not in page and "</pre></details>&" not in page
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert page.count("<script>") == 1  # the page's own script only
@@ -116,7 +121,7 @@ def test_hostile_model_text_is_escaped_everywhere(run_dir):
 
 
 def test_widget_filters_and_shows_the_chosen_trajectory(run_dir):
-    box = browser_widget(collect_records([run_dir]))
+    box = browser_widget(records_of(run_dir))
     assert box.count.value == "5 of 5 trajectories"
     box.dropdowns["outcome"].value = "timeout"
     assert box.count.value == "1 of 5 trajectories"
@@ -215,7 +220,7 @@ class Chromium:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
 def test_static_page_in_headless_chromium_loads_filters_and_shows_a_trajectory(run_dir, tmp_path):
-    page = write_page([run_dir], tmp_path / "analysis" / "browser.html")["path"]
+    page = write_page(collect([run_dir]), tmp_path / "analysis" / "browser.html")["path"]
     browser = Chromium(tmp_path / "profile")
     try:
         browser.open(Path(page).as_uri())
