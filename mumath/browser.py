@@ -163,7 +163,7 @@ def summary_line(entry):
     question = entry["question"].replace("\n", " ")
     return (f'{tags} <b>{esc(entry["id"])}</b>{"#" + esc(entry["sample"]) if entry["sample"] else ""} '
             f'<span class="meta">{esc(entry["source"])} · {esc(entry["model"])} · {esc(entry["benchmark"])} · '
-            f'{esc(entry["mode"])} · {entry["rounds"]} rounds</span> '
+            f'{esc(entry["mode"])} · rounds {entry["rounds"]}</span> '
             f'<span class="qshort">{esc(question[:140])}</span>')
 
 
