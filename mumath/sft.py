@@ -49,6 +49,7 @@ class TrainConfig:
     data: str
     init_model: str = "embedded"
     mode: str = "cot"                 # prompt format the model is trained (and evaluated) in: cot | tir
+    prompt_format: str = "chat"       # chat (system + template + the model's chat template) | mumath (official)
     finetune: str = "full"            # full | lora | qlora
     epochs: float = 3.0
     max_steps: int = -1               # > 0 overrides epochs
@@ -80,6 +81,11 @@ class TrainConfig:
             raise TrainConfigError(f"parameter 'finetune' is '{self.finetune}'; one of {FINETUNE_MODES}")
         if self.mode not in PROMPT_MODES:
             raise TrainConfigError(f"parameter 'mode' is '{self.mode}'; one of {PROMPT_MODES}")
+        from .prompts import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise TrainConfigError(f"parameter 'prompt_format' is '{self.prompt_format}'; one of "
+                                   f"{sorted(PROMPT_FORMATS)}")
         if self.packing not in (True, False, None):
             raise TrainConfigError(f"parameter 'packing' is {self.packing!r}; true, false or null (per device)")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -499,7 +505,8 @@ def train(config, print_fn=print):
     """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
-    from .sft_examples import build_examples, ensure_chat_template, load_rows
+    from .prompts import apply_prompt_format, format_prompt_dir
+    from .sft_examples import build_examples, load_rows
 
     config.validate()
     device = device_kind()
@@ -521,11 +528,13 @@ def train(config, print_fn=print):
 
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
-    if ensure_chat_template(tokenizer):
-        print_fn(f"[train] {init_path} has no chat template; using mumath.sft_examples.FALLBACK_CHAT_TEMPLATE")
+    if config.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        print_fn(f"[train] {init_path} has no chat template; using mumath.prompts.FALLBACK_CHAT_TEMPLATE")
+    apply_prompt_format(tokenizer, config.prompt_format)  # saved with final/: evaluation formats the same way
     rows = load_rows(config.data)
     rows = rows[:config.limit] if config.limit else rows
-    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
+    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length,
+                                          format_prompt_dir(config.prompt_format, config.prompt_dir),
                                           source=str(config.data))
     if not examples:
         raise TrainConfigError(f"{config.data}: none of its {len(rows)} rows fits max_length {config.max_length}")
@@ -594,7 +603,8 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "mumath_train.json",
                    {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode})
+                    "finetune": config.finetune, "mode": config.mode,
+                    "prompt_format": config.prompt_format})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
