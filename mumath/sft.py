@@ -187,11 +187,13 @@ def qlora_quantization(compute_dtype="bf16"):
                                                              .get(compute_dtype, "bfloat16")))
 
 
-def check_qlora_device(device):
-    if device != "cuda":
-        raise TrainConfigError(
-            "parameter 'finetune' is 'qlora', which needs a CUDA GPU (bitsandbytes 4-bit NF4 kernels); this "
-            "machine has none. Use finetune 'lora' or 'full' here, or run on a GPU (params/colab-t4-qlora.yaml)")
+QLORA_CPU_NOTE = ("[train] finetune 'qlora' on CPU: bitsandbytes runs NF4 there through its slow CPU path "
+                  "(seconds per step even for a tiny model); use it to check a recipe, train on a CUDA GPU")
+
+
+def qlora_device_note(device):
+    """QLoRA runs everywhere bitsandbytes 0.50 does (CUDA, and NF4 on CPU); on CPU it is slow, say so."""
+    return QLORA_CPU_NOTE if device != "cuda" else None
 
 
 def torch_dtype(precision):
@@ -341,6 +343,32 @@ def reduce_counts(counter):
     return int(counts[0]), int(counts[1])
 
 
+def parameter_count(parameter):
+    """Elements of one parameter in the whole model, not in this process's shard.
+
+    ZeRO-3 leaves an empty local tensor and keeps the full size in `ds_numel`; FSDP2's DTensors report the
+    global shape; bitsandbytes' 4-bit weights pack two values per byte and keep the shape in `quant_state`.
+    """
+    quant_state = getattr(parameter, "quant_state", None)  # before ds_numel: ZeRO-3 counts packed bytes
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        import math
+
+        return math.prod(quant_state.shape)
+    if hasattr(parameter, "ds_numel"):
+        return int(parameter.ds_numel)
+    return parameter.numel()
+
+
+def parameter_counts(model):
+    """(trainable, total) parameters of the whole model, however it is sharded or quantized."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter_count(parameter)
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total
+
+
 def peak_memory_gb(device):
     import resource
 
@@ -351,14 +379,23 @@ def peak_memory_gb(device):
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB -> GiB (Linux)
 
 
-def mfu(params, tokens_per_second, device):
-    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted)."""
+def gpu_name(device):
     import torch
 
-    if device != "cuda":
-        return None
-    name = torch.cuda.get_device_name(0)
-    peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return torch.cuda.get_device_name(0) if device == "cuda" else None
+
+
+def peak_flops(name):
+    """The dense bf16/fp16 peak of a GPU named like 'NVIDIA H100 80GB HBM3' (None when not in PEAK_FLOPS)."""
+    return next((flops for key, flops in PEAK_FLOPS if key in str(name or "")), None)
+
+
+def mfu(params, tokens_per_second, device):
+    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted).
+
+    `params` counts the whole model (`parameter_counts`) and tokens/s the whole job, so the peak is that of
+    every process's GPU."""
+    peak = peak_flops(gpu_name(device)) if device == "cuda" else None
     if peak is None:
         return None
     return round(6 * params * tokens_per_second / (peak * world_size()), 4)
@@ -510,9 +547,8 @@ def train(config, print_fn=print):
 
     config.validate()
     device = device_kind()
-    if config.finetune == "qlora":
-        qlora_quantization()  # build and validate the quantization config even where it cannot run
-        check_qlora_device(device)
+    if config.finetune == "qlora" and qlora_device_note(device):
+        print_fn(qlora_device_note(device))
     out = Path(config.output_dir)
     init_path = resolve_model_path(config.init_model)
     digest = fingerprint(config, config.data, init_path)
@@ -548,9 +584,8 @@ def train(config, print_fn=print):
     seconds = time.perf_counter() - started
     tokens, positions = reduce_counts(counter)
 
-    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in trainer.model.parameters())
+    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0, print_fn)
+    trainable, total_params = parameter_counts(trainer.model)
     tokens_per_second = tokens / counter.step_seconds if counter.step_seconds else 0.0
     stats = {
         "stage_dir": str(out), "init_model": str(config.init_model), "data": str(config.data),
@@ -564,7 +599,7 @@ def train(config, print_fn=print):
         "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
         "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
         "trainable_parameters": trainable, "parameters": total_params,
-        "mfu": mfu(total_params, tokens_per_second, device),
+        "mfu": mfu(total_params, tokens_per_second, device), "gpu": gpu_name(device),
     }
     if rank0:
         write_json(out / STATS, stats)
@@ -576,40 +611,71 @@ def last_logged_loss(history):
     return losses[-1] if losses else None
 
 
-def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0):
-    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base."""
-    import torch
+def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0, print_fn=print):
+    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base.
 
+    Every rank takes part in gathering the weights (ZeRO-3 / FSDP shards); the rest happens on rank 0 alone
+    and ends with no collective call, so the other ranks never wait on rank 0's merge (a long merge, or one
+    that fails, cannot leave them blocked at a barrier).
+    """
     tmp = final.with_name(final.name + ".partial")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while saving
-    if config.finetune == "full":
-        trainer.save_model(str(tmp))  # gathers ZeRO-3 / FSDP shards on rank 0
-    else:
-        adapter = final.parent / "adapter"
-        trainer.save_model(str(adapter))
-        if rank0:
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
+    adapter = final.parent / "adapter"
+    # Collective: gathers ZeRO-3 / FSDP shards to rank 0, which writes them.
+    trainer.save_model(str(tmp if config.finetune == "full" else adapter))
+    if not rank0:
+        return
+    if config.finetune != "full":
+        # Merge into the unquantized base (merging into 4-bit weights would round them again).
+        dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
+        merge_adapter(init_path, adapter, dtype, tmp)
+    tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
+    tokenizer.save_pretrained(str(tmp))
+    write_json(tmp / "mumath_train.json",
+               {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
+                "finetune": config.finetune, "mode": config.mode, "prompt_format": config.prompt_format})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    print_fn(f"[train] wrote {final}")
 
-            # Merge into the unquantized base (merging into 4-bit weights would round them again).
-            dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
-            base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
-            with peft_wrapping():
-                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.save_pretrained(str(tmp), safe_serialization=True)
-    if rank0:
-        tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "mumath_train.json",
-                   {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode,
-                    "prompt_format": config.prompt_format})
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+
+def merge_adapter(init_path, adapter, dtype, out):
+    """Base model + LoRA adapter -> one plain model in `out`, loaded whole in this process.
+
+    Runs on one rank while the others may have left: the base must load as an ordinary model, outside
+    DeepSpeed's sharded initialisation (which would turn the load into a broadcast the other ranks never join).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with outside_zero3_init():
+        base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
+    with peft_wrapping():
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+
+
+class outside_zero3_init:
+    """Within: `from_pretrained` builds a whole model in this process, even while a ZeRO-3 Trainer lives.
+
+    transformers consults one process-wide reference to the Trainer's DeepSpeed config and, under ZeRO-3,
+    wraps every model construction in `deepspeed.zero.Init` (parameters partitioned over all ranks).
+    """
+
+    def __enter__(self):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        self.saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        hf_deepspeed._hf_deepspeed_config_weak_ref = self.saved
+        return False
 
 
 # ---------------------------------------------------------------- launching
@@ -621,6 +687,7 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     <output_dir>/stats.json.
     """
     config.validate()
+    check_launch_mode(config, accelerate_config)
     if num_processes <= 1 and not accelerate_config:
         return train(config, print_fn)
     out = Path(config.output_dir)
@@ -641,10 +708,47 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     if device_kind() == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_processes))))
     print_fn("[train] " + " ".join(command))
-    completed = subprocess.run(command, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"accelerate launch exited with {completed.returncode} (command: {' '.join(command)})")
+    returncode = run_process_group(command, env)
+    if returncode != 0:
+        raise RuntimeError(f"accelerate launch exited with {returncode} (command: {' '.join(command)})")
     return json.loads((out / STATS).read_text())
+
+
+def check_launch_mode(config, accelerate_config):
+    """Refuse, before anything starts, an accelerate config that is missing or a mode that is not supported
+    (QLoRA under FSDP: its 4-bit weights need FSDP1's quant_storage handling)."""
+    if not accelerate_config:
+        return
+    import yaml
+
+    path = Path(accelerate_config)
+    if not path.is_file():
+        raise TrainConfigError(f"parameter 'accelerate_config': {path} does not exist (see configs/accelerate/)")
+    distributed_type = (yaml.safe_load(path.read_text()) or {}).get("distributed_type")
+    if config.finetune == "qlora" and distributed_type == "FSDP":
+        raise TrainConfigError(f"parameter 'finetune' is 'qlora' and accelerate_config {path} is FSDP: not supported; "
+                               "use configs/accelerate/zero3.yaml, or finetune 'lora'")
+
+
+def run_process_group(command, env):
+    """Run the launcher and its ranks as one process group; if this process is interrupted (Ctrl-C, a test's
+    timeout), end the whole group so that no rank is left behind holding memory or a port."""
+    import signal
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the ranks get a moment to exit, then are killed
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        raise
 
 
 def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, step_name=None,
