@@ -178,3 +178,35 @@ def test_imported_rows_go_through_the_filter(tmp_path, data_dir):
     assert len(kept) == 2 and all(row["teacher"] == "corpus:mine" for row in kept)
     assert len(read_jsonl(run_dir / "filter" / "stage1.jsonl")) == 1
     assert result is not None
+
+
+def write_params(tmp_path, data_dir):
+    params = tmp_path / "p.yaml"
+    params.write_text(f"""run: corpus-test
+data_dir: {data_dir}
+steps:
+  synthesize: {{solution_source: corpus, corpora: [mumath-code]}}
+  filter: {{}}
+  stage1: {{}}
+  stage2: {{}}
+""")
+    return params
+
+
+def test_check_and_estimate_count_the_corpus(tmp_path):
+    from mumath.check import check_plan
+    from mumath.config import ParamsError, load_params
+    from mumath.estimate import estimate
+
+    (tmp_path / "mumath-code").mkdir()
+    (tmp_path / "mumath-code" / "train.jsonl").write_text((FIXTURES / "mumath-code.jsonl").read_text())
+    params = write_params(tmp_path, tmp_path)
+    notes = check_plan(params, load_params(params)[1])
+    assert any("corpus mumath-code: 3 rows" in note for note in notes)
+    assert not any("gsm8k:train" in note for note in notes)  # a corpus brings its own questions
+    result = estimate(params, assumptions={"filter_keep_share": 1.0})
+    assert result["training"]["stage1"]["rows"] == 1 and result["training"]["stage2"]["rows"] == 2
+    assert result["teacher"] == {}
+    missing = write_params(tmp_path, tmp_path / "empty")
+    with pytest.raises(ParamsError, match="steps.synthesize.corpora.*no local copy"):
+        check_plan(missing, load_params(missing)[1])
