@@ -1,0 +1,67 @@
+"""maj@k and pass@k (mumath/voting.py) and their place in the evaluation metrics."""
+import itertools
+import math
+
+import pytest
+
+from mumath.evaluate import compute_metrics, majority_answer
+from mumath.voting import answer_groups, bootstrap_interval, maj_at_k, pass_at_k, voting_metrics
+
+
+def rows_of(problem, preds, gold):
+    from mumath.grading import is_equivalent
+
+    return [{"id": problem, "sample": s, "pred": p, "correct": is_equivalent(p, gold), "executions": [],
+             "rounds": 1, "finish": "eos", "prompt_tokens": 0, "completion_tokens": 0}
+            for s, p in enumerate(preds)]
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    assert pass_at_k(5, 4, 2) == 1.0 and pass_at_k(5, 0, 3) == 0.0
+    # equals the share of k-subsets holding a correct sample
+    correct = [True, False, False, True, False, False]
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(range(6), k))
+        brute = sum(any(correct[i] for i in subset) for subset in subsets) / len(subsets)
+        assert pass_at_k(6, 2, k) == pytest.approx(brute)
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_equivalent_answers_vote_together():
+    rows = rows_of("p", ["3", "1/2", "0.5", "3", "\\frac{1}{2}"], "0.5")
+    labels, correct, answers = answer_groups(rows)
+    assert labels == [0, 1, 1, 0, 1] and correct == [False, True]
+    assert majority_answer(rows) == ("1/2", True)
+    assert maj_at_k(labels, correct, 5) == 1.0
+    # every 1-subset: maj@1 is the share of correct samples
+    assert maj_at_k(labels, correct, 1) == pytest.approx(3 / 5)
+    # 2-subsets, ties to the answer seen first: brute force
+    subsets = list(itertools.combinations(range(5), 2))
+    expected = sum(correct[min(labels[s[0]], labels[s[1]])]
+                   for s in subsets) / len(subsets)
+    assert maj_at_k(labels, correct, 2) == pytest.approx(expected)
+
+
+def test_voting_metrics_curve_and_intervals():
+    rows = rows_of("a", ["1", "1", "2", "1"], "1") + rows_of("b", ["5", "6", "7", "6"], "7") + \
+        rows_of("c", [None, "4", "4", None], "4")
+    voting = voting_metrics(rows, 4)
+    assert sorted(voting["by_k"]) == [1, 2, 4]
+    assert voting["by_k"][4]["maj"] == pytest.approx(2 / 3)  # a: 1 wins, b: 6 wins, c: 4 wins
+    assert voting["by_k"][4]["pass"] == 1.0
+    assert voting["by_k"][1]["pass"] == pytest.approx(voting["sample_accuracy"])
+    low, high = voting["by_k"][2]["maj_ci95"]
+    assert low <= voting["by_k"][2]["maj"] <= high
+    metrics = compute_metrics(rows, 4)
+    assert metrics["maj@4"] == voting["by_k"][4]["maj"] and metrics["voting"]["problems"] == 3
+
+
+def test_bootstrap_interval_is_seeded_and_sensible():
+    values = [1.0] * 30 + [0.0] * 70
+    low, high = bootstrap_interval(values)
+    assert low < 0.3 < high and high - low < 0.25
+    assert bootstrap_interval(values) == [low, high]
+    assert bootstrap_interval([1.0] * 10) == [1.0, 1.0]
