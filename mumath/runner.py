@@ -211,7 +211,19 @@ def main(argv=None):
     check_parser = commands.add_parser("check", help="validate params files without running")
     check_parser.add_argument("params", nargs="+")
     add_estimate_arguments(check_parser)
+    from . import grade
+
+    grade_parser = commands.add_parser("grade", help="re-grade a prediction file with the project's grader")
+    grade.add_arguments(grade_parser)
     args = parser.parse_args(argv)
+    if args.command == "grade":
+        from .data import DataError
+
+        try:
+            return grade.main(args)
+        except (grade.GradeError, DataError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         if args.command == "check":
             for params_file in args.params:
