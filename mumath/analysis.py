@@ -251,8 +251,28 @@ def evaluation_section(run_dir, prov, failing_examples=3):
             "metrics_correct": metrics_correct,
             "contaminated": metrics.get("contaminated"),
             "errors": error_analysis(rows, failing_examples) if rows else None,
+            "voting": metrics.get("voting"),  # maj@k / pass@k of a sampled evaluation (n_samples > 1)
         })
     return entries
+
+
+def voting_rows(entries):
+    """One row per sampled evaluation and k: maj@k and pass@k with intervals, beside the greedy accuracy of
+    the same model, benchmark and mode (an evaluation of one sample per problem in the same run), if any."""
+    rows = []
+    for entry in entries:
+        if not entry.get("voting"):
+            continue
+        greedy = next((other for other in entries if not other.get("voting") and
+                       all(other[key] == entry[key] for key in ("run", "model", "benchmark", "mode"))), None)
+        for k, values in sorted(entry["voting"]["by_k"].items(), key=lambda item: int(item[0])):
+            rows.append({"run": entry["run"], "role": entry["role"], "model": entry["model"],
+                         "benchmark": entry["benchmark"], "mode": entry["mode"], "k": int(k),
+                         "problems": entry["voting"]["problems"], "samples": entry["voting"]["samples"],
+                         "greedy": greedy["accuracy"] if greedy else None,
+                         "maj": values["maj"], "maj_ci95": values["maj_ci95"],
+                         "pass": values["pass"], "pass_ci95": values["pass_ci95"]})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -495,6 +515,35 @@ def plot_accuracy(entries, out_dir, name="accuracy"):
     return save_figure(figure, out_dir, name)
 
 
+def plot_voting(rows, out_dir, name="voting"):
+    """Accuracy as a function of k: maj@k and pass@k (95 % bootstrap bands), greedy as a line (its Wilson
+    band), one panel per model, benchmark and mode."""
+    panels = sorted({(r["run"], r["role"], r["benchmark"], r["mode"]) for r in rows})
+    figure = _figure(4.2 * min(3, len(panels)), 3.2 * ((len(panels) + 2) // 3))
+    for position, panel in enumerate(panels, 1):
+        axes = figure.add_subplot((len(panels) + 2) // 3, min(3, len(panels)), position)
+        group = [r for r in rows if (r["run"], r["role"], r["benchmark"], r["mode"]) == panel]
+        ks = [r["k"] for r in group]
+        for key, color in (("maj", "tab:blue"), ("pass", "tab:orange")):
+            values = [100 * r[key] for r in group]
+            axes.plot(ks, values, marker="o", color=color, label=f"{key}@k")
+            axes.fill_between(ks, [100 * r[f"{key}_ci95"][0] for r in group],
+                              [100 * r[f"{key}_ci95"][1] for r in group], color=color, alpha=0.2)
+        greedy = group[0]["greedy"]
+        if greedy:
+            axes.axhline(100 * (greedy["share"] or 0), color="black", linestyle="--",
+                         label=f"greedy (n={greedy['n']})")
+            axes.axhspan(100 * greedy["ci95"][0], 100 * greedy["ci95"][1], color="grey", alpha=0.15)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ks, [str(k) for k in ks])
+        axes.set_ylim(0, 100)
+        axes.set_xlabel("k (samples per problem)")
+        axes.set_ylabel("accuracy % (95 % CI)")
+        axes.set_title(f"{panel[1]}: {panel[2]} {panel[3]} ({group[0]['problems']} problems)", fontsize=9)
+        axes.legend(fontsize=7)
+    return save_figure(figure, out_dir, name)
+
+
 def plot_training(training, out_dir, name):
     figure = _figure(9, 3.2)
     loss_axes, lr_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
@@ -697,8 +746,9 @@ def write_report(analysis, out_dir):
     if not entries:
         lines.append(f"Evaluation: {NOT_RUN} (no `metrics.json` with a benchmark and a mode in any run).")
     else:
-        figures.append(plot_accuracy(entries, out_dir))
-        lines += [f"![accuracy]({figures[-1]})", ""] + accuracy_grid(entries) + ["",
+        greedy_entries = [e for e in entries if not e.get("voting")] or entries  # sampled ones: see voting
+        figures.append(plot_accuracy(greedy_entries, out_dir))
+        lines += [f"![accuracy]({figures[-1]})", ""] + accuracy_grid(greedy_entries) + ["",
                   "| run | model | benchmark | mode | n | correct | accuracy % | 95 % CI | from | manifest |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         by_run = {run["provenance"]["run"]: run["provenance"] for run in runs}
@@ -707,9 +757,27 @@ def write_report(analysis, out_dir):
             flag = " (contaminated)" if e["contaminated"] else ""
             mismatch = "" if e["source"] != "trajectories" or e["metrics_correct"] == a["successes"] else \
                 f"; metrics.json says {e['metrics_correct']}"
+            if e.get("voting"):
+                flag += f" (first of {e['voting']['samples']} samples)"
             lines.append(f"| {e['run']} | {e['role']}: `{e['model']}` | {e['benchmark']}{flag} | {e['mode']} | {a['n']} | "
                          f"{a['successes']} | {_pct(a['share'])} | {_pct(a['ci95'][0])}-{_pct(a['ci95'][1])} | "
                          f"{e['source']}{mismatch} | {cite(by_run[e['run']])} |")
+    voting = voting_rows(entries)
+    if voting:
+        figures.append(plot_voting(voting, out_dir))
+        lines += ["", "## Majority voting and pass@k", "",
+                  "k samples per problem (temperature > 0): maj@k is the share of problems whose most common "
+                  "answer among k samples is right, pass@k the unbiased estimate that one of k is right "
+                  "(95 % bootstrap intervals over problems); greedy is the same model's greedy evaluation, "
+                  "where the run has one (95 % Wilson interval).", "", f"![accuracy as a function of k]({figures[-1]})",
+                  "", "| run | model | benchmark | mode | k | maj@k % | 95 % CI | pass@k % | 95 % CI | greedy % | 95 % CI |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in voting:
+            g = r["greedy"]
+            lines.append(f"| {r['run']} | {r['role']} | {r['benchmark']} | {r['mode']} | {r['k']} | {_pct(r['maj'])} | "
+                         f"{_pct(r['maj_ci95'][0])}-{_pct(r['maj_ci95'][1])} | {_pct(r['pass'])} | "
+                         f"{_pct(r['pass_ci95'][0])}-{_pct(r['pass_ci95'][1])} | "
+                         + (f"{_pct(g['share'])} | {_pct(g['ci95'][0])}-{_pct(g['ci95'][1])} |" if g else "- | - |"))
     paper = analysis["paper"]
     lines += ["", "### The paper's numbers, at the paper's scale (not ours)", "",
               f"Accuracy % as reported in {paper['citation']}. 7B-70B models trained on the paper's full data; "

@@ -65,3 +65,30 @@ def test_bootstrap_interval_is_seeded_and_sensible():
     assert low < 0.3 < high and high - low < 0.25
     assert bootstrap_interval(values) == [low, high]
     assert bootstrap_interval([1.0] * 10) == [1.0, 1.0]
+
+
+def test_analysis_shows_voting_beside_greedy(tmp_path):
+    """A greedy and a sampled evaluation of the same model: the report's voting section and figure."""
+    from mumath.analysis import run_analysis
+    from mumath.records import write_json, write_jsonl
+
+    run_dir = tmp_path / "run"
+    problems = {"a": (["1", "1", "2", "1"], "1"), "b": (["5", "6", "7", "6"], "7"), "c": (["4", "4", "3", "9"], "4")}
+    sampled = [dict(row, question=pid, answer=gold, fingerprint="s", mode="tir", benchmark="gsm8k")
+               for pid, (preds, gold) in problems.items() for row in rows_of(pid, preds, gold)]
+    greedy = [dict(row, question=pid, answer=gold, fingerprint="g", mode="tir", benchmark="gsm8k")
+              for pid, (preds, gold) in problems.items() for row in rows_of(pid, preds[:1], gold)]
+    for folder, rows, n, fingerprint in (("evaluate", greedy, 1, "g"), ("evaluate.sampled", sampled, 4, "s")):
+        out = run_dir / folder / "gsm8k" / "tir"
+        write_jsonl(out / "trajectories.jsonl", rows)
+        write_json(out / "config.json", {"fingerprint": fingerprint, "settings": {"model": {"model": "embedded"}}})
+        write_json(out / "metrics.json", dict(compute_metrics(rows, n), benchmark="gsm8k", mode="tir",
+                                              fingerprint=fingerprint))
+    analysis = run_analysis(run_dir, record=False)
+    report = (run_dir / "analysis" / "report.md").read_text()
+    assert "voting.png" in analysis["figures"] and (run_dir / "analysis" / "voting.png").exists()
+    section = report.split("## Majority voting and pass@k")[1]
+    # greedy: a and c right (2/3); maj@4: a, c right (2/3); pass@4: all three
+    assert "| 4 | 66.7 |" in section and "| 100.0 |" in section
+    assert section.count("| 66.7 |") >= 2  # greedy beside maj
+    assert "(first of 4 samples)" in report
