@@ -210,3 +210,24 @@ def test_check_and_estimate_count_the_corpus(tmp_path):
     missing = write_params(tmp_path, tmp_path / "empty")
     with pytest.raises(ParamsError, match="steps.synthesize.corpora.*no local copy"):
         check_plan(missing, load_params(missing)[1])
+
+
+@pytest.mark.slow  # two notebooks through papermill: ~70 s on 2 loaded cores
+def test_params_file_runs_the_import_and_the_filter(tmp_path):
+    """`python -m mumath run` on a params file: the synthesize notebook imports, the filter notebook filters."""
+    from mumath.runner import run
+
+    (tmp_path / "mumath-code").mkdir()
+    (tmp_path / "mumath-code" / "train.jsonl").write_text((FIXTURES / "mumath-code.jsonl").read_text())
+    params = tmp_path / "p.yaml"
+    params.write_text(f"""run: corpus-e2e
+data_dir: {tmp_path}
+steps:
+  synthesize: {{solution_source: corpus, corpora: [mumath-code], corpus_reexecute: check}}
+  filter: {{decontaminate_benchmarks: [gsm8k]}}
+""")
+    run_dir = run(params, outputs=tmp_path / "outputs", log_output=False)
+    stats = json.loads((run_dir / "synthesize" / "stats.json").read_text())
+    assert stats["corpora"]["mumath-code"]["reexecuted_blocks"]["matching"] == 2
+    assert len(read_jsonl(run_dir / "filter" / "stage2.jsonl")) == 2
+    assert len(read_jsonl(run_dir / "filter" / "stage1.jsonl")) == 1
