@@ -246,10 +246,11 @@ def same_output(recorded, executed):
 
 # ------------------------------------------------------------------------------------------ rows
 
-def question_key(name, question):
-    """Questions are grouped (cap, dedupe, votes) by their normalized text within a corpus."""
+def question_key(question):
+    """Questions are grouped (cap, dedupe, votes) by their normalized text, across corpora: the same question
+    in two corpora is one question with solutions from both."""
     text = re.sub(r"\s+", " ", question).strip().lower()
-    return f"corpus/{name}/{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"corpus/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def to_row(name, entry, raw, number, parts, prompt_dir=None):
@@ -266,7 +267,7 @@ def to_row(name, entry, raw, number, parts, prompt_dir=None):
     executions = [dict(zip(("error", "timed_out"), output_failed(body))) for kind, body in parts if kind == "output"]
     pred = extract_answer(solution)
     meta = {key: raw[key] for key in entry.get("meta", []) if key in raw}
-    question_id = question_key(name, question)
+    question_id = question_key(question)
     return {
         "id": None, "question_id": question_id, "stage": stage, "sample": None, "question": question,
         "answer": answer, "pred": pred, "boxed": extract_boxed(solution) is not None,
@@ -400,6 +401,12 @@ def import_corpora(names, data_dir=None, extra=None, limit=None, executor=None, 
                                            prompt_dir, inputs, progress)
         for stage, stage_rows in rows.items():
             by_stage.setdefault(stage, []).extend(stage_rows)
+    seen = Counter()  # a question in several corpora: its samples numbered across them
+    for stage, rows in by_stage.items():
+        for row in rows:
+            sample = seen[(stage, row["question_id"])]
+            seen[(stage, row["question_id"])] += 1
+            row.update(id=f"{row['question_id']}/{stage}/{sample}", sample=sample)
     return by_stage, counts
 
 

@@ -231,3 +231,14 @@ steps:
     assert stats["corpora"]["mumath-code"]["reexecuted_blocks"]["matching"] == 2
     assert len(read_jsonl(run_dir / "filter" / "stage2.jsonl")) == 2
     assert len(read_jsonl(run_dir / "filter" / "stage1.jsonl")) == 1
+
+
+def test_the_same_question_in_two_corpora_is_one_question():
+    from mumath.corpus import import_corpora
+
+    extra = dict(at_fixture("openmathinstruct-1"))
+    extra["omi-copy"] = extra["openmathinstruct-1"]
+    by_stage, counts = import_corpora(["openmathinstruct-1", "omi-copy"], extra=extra, progress=False)
+    ids = [(row["question_id"], row["sample"], row["teacher"]) for row in by_stage["tir"]]
+    assert ids[0][0] == ids[2][0] and ids[0][2] != ids[2][2]
+    assert len({row["id"] for row in by_stage["tir"]}) == 4  # row ids stay unique across corpora
