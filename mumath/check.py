@@ -81,8 +81,10 @@ def check_corpora(value, params):
     """Every corpus resolves (registry or extra_corpora) to a local file or a hub dataset; local rows counted."""
     if params.get("solution_source") != "corpus":
         return []
-    from .corpus import CorpusError, corpus_rows, resolve_corpus
+    from .corpus import REEXECUTE_CHOICES, CorpusError, corpus_rows, resolve_corpus
 
+    if params.get("corpus_reexecute", "no") not in REEXECUTE_CHOICES:
+        raise ParamsError(f"corpus_reexecute is '{params['corpus_reexecute']}', not one of {REEXECUTE_CHOICES}")
     if not value:
         raise ParamsError("solution_source 'corpus' needs at least one corpus name")
     notes = []

@@ -207,6 +207,10 @@ def test_check_and_estimate_count_the_corpus(tmp_path):
     result = estimate(params, assumptions={"filter_keep_share": 1.0})
     assert result["training"]["stage1"]["rows"] == 1 and result["training"]["stage2"]["rows"] == 2
     assert result["teacher"] == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(params.read_text().replace("corpora: [mumath-code]", "corpora: [mumath-code], corpus_reexecute: always"))
+    with pytest.raises(ParamsError, match="corpus_reexecute is .always."):
+        check_plan(bad, load_params(bad)[1])
     missing = write_params(tmp_path, tmp_path / "empty")
     with pytest.raises(ParamsError, match="steps.synthesize.corpora.*no local copy"):
         check_plan(missing, load_params(missing)[1])
