@@ -295,7 +295,7 @@ def keep_row(raw, entry):
     return all(raw.get(field) == value for field, value in (entry.get("where") or {}).items())
 
 
-def reexecute(parsed, executor, mode, carry_state=False, max_output_chars=2000, progress=True):
+def reexecute(parsed, executor, mode, carry_state=False, max_output_chars=2000):
     """Run every code block of every parsed solution in the sandbox, one batch.
 
     `parsed` is a list of parts lists; returns (new parts lists, per-solution verdict None | reason,
@@ -367,7 +367,7 @@ def import_corpus(name, data_dir=None, extra=None, limit=None, executor=None, re
         parsed.append(parts)
     executed = {}
     if reexecute_mode != "no":
-        parsed, verdicts, executed = reexecute(parsed, executor, reexecute_mode, carry_state, progress=progress)
+        parsed, verdicts, executed = reexecute(parsed, executor, reexecute_mode, carry_state)
         if reexecute_mode == "check":
             for verdict in verdicts:
                 if verdict:

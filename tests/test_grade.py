@@ -40,7 +40,7 @@ def test_tora_format_lists_the_disagreements(tmp_path, gsm8k, data_dir, capsys):
     assert "accuracy (our grader): 2/3 = 66.7% [95% CI" in printed
     assert "accuracy (the file's verdicts): 1/3" in printed
     assert "disagreements: 1 (1 we accept and the file rejects, 0 the other way)" in printed
-    assert f"tora.jsonl:1 [0]" in printed
+    assert "tora.jsonl:1 [0]" in printed
     verdicts = read_jsonl(tmp_path / "tora.jsonl.verdicts.jsonl")
     assert [v["correct"] for v in verdicts] == [True, True, False]
     assert [v["disagree"] for v in verdicts] == [True, False, False]

@@ -1,6 +1,5 @@
 """maj@k and pass@k (mumath/voting.py) and their place in the evaluation metrics."""
 import itertools
-import math
 
 import pytest
 
