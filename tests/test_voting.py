@@ -1,5 +1,6 @@
 """maj@k and pass@k (mumath/voting.py) and their place in the evaluation metrics."""
 import itertools
+import json
 
 import pytest
 
@@ -91,3 +92,25 @@ def test_analysis_shows_voting_beside_greedy(tmp_path):
     assert "| 4 | 66.7 |" in section and "| 100.0 |" in section
     assert section.count("| 66.7 |") >= 2  # greedy beside maj
     assert "(first of 4 samples)" in report
+
+
+def test_sampled_tir_evaluation_writes_the_curve(tmp_path):
+    """k samples per problem through the evaluation (scripted model): metrics.json carries maj@k and pass@k."""
+    from mumath.backends import Sampling
+    from mumath.evaluate import EvalConfig, evaluate_records
+    from mumath.executor import SandboxPool
+    from tests.test_tir import ScriptedBackend
+
+    def tir(value):  # one turn each, so the order in which samples ask does not change the multiset of answers
+        return [(f"So the answer is \\boxed{{{value}}}.", "eos")]
+
+    records = [{"id": "q0", "question": "Q0", "answer": "6", "meta": {}},
+               {"id": "q1", "question": "Q1", "answer": "7", "meta": {}}]
+    backend = ScriptedBackend({"Q0": tir(6) + tir(5) + tir(6) + tir(6), "Q1": tir(1) + tir(2) + tir(7) + tir(1)})
+    config = EvalConfig(mode="tir", n_samples=4, sampling=Sampling(temperature=0.7, seed=3))
+    with SandboxPool(workers=1, timeout=5) as pool:
+        metrics = evaluate_records(backend, pool, records, config, tmp_path, "gsm8k", progress=False)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["voting"]["by_k"]["4"]["maj"] == 0.5 and on_disk["voting"]["by_k"]["4"]["pass"] == 1.0
+    assert on_disk["maj@4"] == 0.5 and metrics["voting"]["samples"] == 4
+    assert metrics["voting"]["sample_accuracy"] == pytest.approx((3 / 4 + 1 / 4) / 2)
