@@ -3,7 +3,7 @@
     python benchmarks/train.py [--examples 48] [--finetune full lora] [--device cpu] [--batch-size 8]
 
 Same data (GSM8K training rationales as CoT solutions in the evaluation format, loss-masked by
-`mumath.train`), same model (the embedded one unless `--model`), same device, one epoch each, in one process
+`mumath.sft_examples`), same model (the embedded one unless `--model`), same device, one epoch each, in one process
 so that machine load hits every arm alike. Arms per fine-tuning mode:
 - `plain`: `transformers.Trainer`, random order, `DataCollatorForSeq2Seq` padding to the batch maximum;
 - `padded`: ours with batches of similar lengths (`train_sampling_strategy=group_by_length`);
@@ -25,7 +25,7 @@ from mumath.data import load_benchmark  # noqa: E402
 from mumath.models import load_tokenizer, resolve_model_path  # noqa: E402
 from mumath.sft import (CountingCollator, TrainConfig, build_trainer, device_kind, lora_config,  # noqa: E402
                         make_callbacks, mfu, peak_memory_gb, resolve_attention, resolve_precision, torch_dtype)
-from mumath.train import build_examples  # noqa: E402
+from mumath.sft_examples import build_examples  # noqa: E402
 
 
 def gsm8k_cot_rows(count, seed, data_dir=None):

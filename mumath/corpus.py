@@ -23,7 +23,7 @@ import yaml
 from .data import ANSWER_PARSERS, DataError, find_local, local_candidates, read_local
 from .grading import extract_answer, extract_boxed, is_equivalent
 from .prompts import user_message
-from .tir import format_output
+from .tir import errors_fixed, format_output, has_prefix_cot
 
 REGISTRY_FILE = Path(__file__).with_name("corpora.yaml")
 HUB_PREFIX = "hf://datasets/"
@@ -255,8 +255,6 @@ def question_key(question):
 
 def to_row(name, entry, raw, number, parts, prompt_dir=None):
     """One row in the synthesize step's format (`synthesize.synthesize`), from a corpus row."""
-    from .synthesize import errors_fixed, has_prefix_cot
-
     where = raw.get("_where") or f"corpus {name} row {number}"
     question = field_text(raw, entry["question"], entry, where)
     solution = render(parts)
