@@ -179,3 +179,27 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
     print("one process:", losses_one, "\ntwo processes:", losses_two)
     assert len(losses_one) == len(losses_two) == 3
     assert losses_two == pytest.approx(losses_one, rel=2e-3)
+
+
+def test_a_lora_stage_with_checkpointing_trains_without_deprecation_warnings(tmp_path, tiny_model, rows_file):
+    import warnings
+
+    config = config_for(tmp_path, tiny_model, rows_file, finetune="lora", max_steps=1, gradient_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config)
+    said = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert said == []
+
+
+def test_the_bitsandbytes_no_kernels_message_alone_is_dropped(caplog):
+    import logging
+
+    from mumath.sft import BITSANDBYTES_NO_KERNELS, drop_known_harmless_messages
+
+    drop_known_harmless_messages()
+    logger = logging.getLogger(BITSANDBYTES_NO_KERNELS[0])
+    with caplog.at_level(logging.WARNING):
+        logger.warning(BITSANDBYTES_NO_KERNELS[1] + ": %s. Please make sure ...", "No module named 'kernels'")
+        logger.warning("another bitsandbytes warning")
+    assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes warning"]
