@@ -225,6 +225,7 @@ def evaluation_section(run_dir, prov, failing_examples=3):
             "metrics_correct": metrics_correct,
             "contaminated": metrics.get("contaminated"),
             "errors": error_analysis(rows, failing_examples) if rows else None,
+            "voting": metrics.get("voting"),  # maj@k / pass@k of a sampled evaluation (n_samples > 1)
         })
     return entries
 

@@ -244,6 +244,10 @@ def main(argv=None):
     push_parser.add_argument("folder", help="<run>/stage1, <run>/stage2 (or a variant's folder) or <run>/filter")
     push_parser.add_argument("--repo-id", required=True, help="<user or org>/<name>")
     push_parser.add_argument("--public", action="store_true", help="create the repository public (default private)")
+    from . import grade
+
+    grade_parser = commands.add_parser("grade", help="re-grade a prediction file with the project's grader")
+    grade.add_arguments(grade_parser)
     args = parser.parse_args(argv)
     if args.command == "push":
         from .cards import CardError, push_folder
@@ -254,6 +258,14 @@ def main(argv=None):
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "grade":
+        from .data import DataError
+
+        try:
+            return grade.main(args)
+        except (grade.GradeError, DataError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         if args.command == "check":
             for params_file in args.params:
