@@ -156,3 +156,31 @@ def plot_errors(entries, out_dir, name="errors"):
     if keys:
         rounds_axes.legend(fontsize=7)
     return save_figure(figure, out_dir, name)
+
+
+def plot_voting(rows, out_dir, name="voting"):
+    """Accuracy as a function of k: maj@k and pass@k (95 % bootstrap bands), greedy as a line (its Wilson
+    band), one panel per model, benchmark and mode."""
+    panels = sorted({(r["run"], r["role"], r["benchmark"], r["mode"]) for r in rows})
+    columns = min(3, len(panels))
+    figure = _figure(4.2 * columns, 3.2 * ((len(panels) + 2) // 3))
+    for position, panel in enumerate(panels, 1):
+        axes = figure.add_subplot((len(panels) + 2) // 3, columns, position)
+        group = [r for r in rows if (r["run"], r["role"], r["benchmark"], r["mode"]) == panel]
+        ks = [r["k"] for r in group]
+        for key, color in (("maj", "tab:blue"), ("pass", "tab:orange")):
+            axes.plot(ks, [100 * r[key] for r in group], marker="o", color=color, label=f"{key}@k")
+            axes.fill_between(ks, [100 * r[f"{key}_ci95"][0] for r in group],
+                              [100 * r[f"{key}_ci95"][1] for r in group], color=color, alpha=0.2)
+        greedy = group[0]["greedy"]
+        if greedy:
+            axes.axhline(100 * (greedy["share"] or 0), color="black", linestyle="--", label=f"greedy (n={greedy['n']})")
+            axes.axhspan(100 * greedy["ci95"][0], 100 * greedy["ci95"][1], color="grey", alpha=0.15)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ks, [str(k) for k in ks])
+        axes.set_ylim(0, 100)
+        axes.set_xlabel("k (samples per problem)")
+        axes.set_ylabel("accuracy % (95 % CI)")
+        axes.set_title(f"{panel[1]}: {panel[2]} {panel[3]} ({group[0]['problems']} problems)", fontsize=9)
+        axes.legend(fontsize=7)
+    return save_figure(figure, out_dir, name)

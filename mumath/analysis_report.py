@@ -206,19 +206,63 @@ def accuracy_lines(runs, entries, figures):
     lines = ["", "## Accuracy per benchmark and mode", ""]
     if not entries:
         return lines + [f"Evaluation: {NOT_RUN} (no `metrics.json` with a benchmark and a mode in any run)."]
-    lines += [f"![accuracy]({figures.draw(draw.plot_accuracy, entries, 'accuracy')})", ""] + accuracy_grid(entries)
+    greedy = [e for e in entries if not e.get("voting")] or entries  # sampled evaluations: see voting_lines
+    lines += [f"![accuracy]({figures.draw(draw.plot_accuracy, greedy, 'accuracy')})", ""] + accuracy_grid(greedy)
     lines += ["", "| run | model | benchmark | mode | n | correct | accuracy % | 95 % CI | from | manifest |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     by_run = {run["provenance"]["run"]: run["provenance"] for run in runs}
     for e in sorted(entries, key=lambda e: (e["run"], e["role"], e["benchmark"], e["mode"])):
         a, prov = e["accuracy"], by_run[e["run"]]
         flag = " (contaminated)" if e["contaminated"] else ""
+        if e.get("voting"):
+            flag += f" (first of {e['voting']['samples']} samples)"
         mismatch = "" if e["source"] != "trajectories" or e["metrics_correct"] == a["successes"] else \
             f"; metrics.json says {e['metrics_correct']}"
         lines.append(f"| {e['run']} | {e['role']}: `{shown_path(e['model'], prov['run_dir'])}` | "
                      f"{e['benchmark']}{flag} | {e['mode']} | {a['n']} | "
                      f"{a['successes']} | {_pct(a['share'])} | {_pct(a['ci95'][0])}-{_pct(a['ci95'][1])} | "
                      f"{e['source']}{mismatch} | {cite(prov)} |")
+    return lines
+
+
+def voting_rows(entries):
+    """One row per sampled evaluation and k: maj@k and pass@k with intervals, beside the greedy accuracy of
+    the same model, benchmark and mode (an evaluation of one sample per problem in the same run), if any."""
+    rows = []
+    for entry in entries:
+        if not entry.get("voting"):
+            continue
+        greedy = next((other for other in entries if not other.get("voting") and
+                       all(other[key] == entry[key] for key in ("run", "model", "benchmark", "mode"))), None)
+        for k, values in sorted(entry["voting"]["by_k"].items(), key=lambda item: int(item[0])):
+            rows.append({"run": entry["run"], "role": entry["role"], "model": entry["model"],
+                         "benchmark": entry["benchmark"], "mode": entry["mode"], "k": int(k),
+                         "problems": entry["voting"]["problems"], "samples": entry["voting"]["samples"],
+                         "greedy": greedy["accuracy"] if greedy else None,
+                         "maj": values["maj"], "maj_ci95": values["maj_ci95"],
+                         "pass": values["pass"], "pass_ci95": values["pass_ci95"]})
+    return rows
+
+
+def voting_lines(entries, figures):
+    """maj@k and pass@k per sampled evaluation and k, beside greedy accuracy, and accuracy against k."""
+    rows = voting_rows(entries)
+    if not rows:
+        return []
+    lines = ["", "## Majority voting and pass@k", "",
+             "k samples per problem (temperature > 0): maj@k is the share of problems whose most common answer "
+             "among k samples is right, pass@k the unbiased estimate that one of k is right (95 % bootstrap "
+             "intervals over problems); greedy is the same model's greedy evaluation, where the run has one "
+             "(95 % Wilson interval).", "",
+             f"![accuracy as a function of k]({figures.draw(draw.plot_voting, rows, 'voting')})", "",
+             "| run | model | benchmark | mode | k | maj@k % | 95 % CI | pass@k % | 95 % CI | greedy % | 95 % CI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["greedy"]
+        lines.append(f"| {r['run']} | {r['role']} | {r['benchmark']} | {r['mode']} | {r['k']} | {_pct(r['maj'])} | "
+                     f"{_pct(r['maj_ci95'][0])}-{_pct(r['maj_ci95'][1])} | {_pct(r['pass'])} | "
+                     f"{_pct(r['pass_ci95'][0])}-{_pct(r['pass_ci95'][1])} | "
+                     + (f"{_pct(g['share'])} | {_pct(g['ci95'][0])}-{_pct(g['ci95'][1])} |" if g else "- | - |"))
     return lines
 
 
@@ -267,6 +311,15 @@ PER_RUN_SECTIONS = (("Filter funnel", filter_lines), ("Augmentation", augment_li
                     ("Synthesis", synthesis_lines), ("Training", training_lines))
 
 
+def browser_lines(browser):
+    """The link to the trajectory browser page written beside the report (mumath/browser.py), if any."""
+    if not browser:
+        return []
+    name = Path(browser["path"]).name
+    return ["", f"Trajectory browser: [{name}]({name}) ({browser['trajectories']} trajectories; one "
+                "self-contained page, open it in a browser)."]
+
+
 def write_report(analysis, out_dir):
     """Figures (PNG + SVG) and report.md under out_dir; returns (figure file names, report path)."""
     out_dir = Path(out_dir)
@@ -274,12 +327,12 @@ def write_report(analysis, out_dir):
     runs = analysis["runs"]
     several_runs = len(runs) > 1
     figures = Figures(out_dir, several_runs)
-    lines = runs_table(runs)
+    lines = runs_table(runs) + browser_lines(analysis.get("browser"))
     for run in runs:
         for title, render in PER_RUN_SECTIONS:
             lines += heading(title, run, several_runs) + render(run, figures)
     entries = [entry for run in runs for entry in run["evaluation"]]
-    lines += accuracy_lines(runs, entries, figures) + paper_lines(analysis["paper"])
+    lines += accuracy_lines(runs, entries, figures) + voting_lines(entries, figures) + paper_lines(analysis["paper"])
     lines += error_lines(entries, figures, examples_shown=max(3, len(runs)))
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

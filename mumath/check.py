@@ -72,6 +72,8 @@ def check_benchmarks(value, params):
 
 @checks("seed_benchmarks")
 def check_seed_benchmarks(value, params):
+    if params.get("solution_source") == "corpus":
+        return []  # a corpus brings its own questions
     return _benchmarks(value, params, "train") if params.get("include_seeds", True) else []
 
 
@@ -79,6 +81,31 @@ def check_seed_benchmarks(value, params):
 def check_extra_benchmarks(value, params):
     _extra(params)
     return [f"extra benchmark '{name}': entry ok" for name in value or {}]
+
+
+@checks("corpora")
+def check_corpora(value, params):
+    """Every corpus resolves (registry or extra_corpora) to a local file or a hub dataset; local rows counted."""
+    if params.get("solution_source") != "corpus":
+        return []
+    from .corpus import REEXECUTE_CHOICES, CorpusError, corpus_rows, resolve_corpus
+
+    if params.get("corpus_reexecute", "no") not in REEXECUTE_CHOICES:
+        raise ParamsError(f"corpus_reexecute is '{params['corpus_reexecute']}', not one of {REEXECUTE_CHOICES}")
+    if not value:
+        raise ParamsError("solution_source 'corpus' needs at least one corpus name")
+    notes = []
+    for name in value:
+        try:
+            _, (kind, where) = resolve_corpus(name, params.get("data_dir"), params.get("extra_corpora"))
+            if kind == "local":
+                notes.append(f"corpus {name}: {corpus_rows(name, params.get('data_dir'), params.get('extra_corpora'))}"
+                             f" rows in {where}")
+            else:
+                notes.append(f"corpus {name}: from the hub ({where['path']}), not fetched by check")
+        except CorpusError as error:
+            raise ParamsError(f"'{name}': {error}") from error
+    return notes
 
 
 def required_prompts(params):

@@ -188,6 +188,33 @@ def training_throughput(stage, size, values, measured, mfu_measured):
 
 # ------------------------------------------------------------------------------------------ estimate
 
+def corpus_solutions(params):
+    """{stage: rows} a corpus import brings: a local copy is read (each row's stage from its solution), a hub
+    corpus counts its entry's `rows` (or `corpus_limit`) as its `stage` (auto: code-nested)."""
+    from .corpus import (CorpusError, DEFAULT_MARKERS, corpus_rows, field_text, read_corpus, resolve_corpus)
+
+    solutions = {}
+    try:
+        for name in params["corpora"] or []:
+            entry, (kind, _) = resolve_corpus(name, params["data_dir"], params["extra_corpora"])
+            if kind == "local":
+                _, rows, _ = read_corpus(name, params["data_dir"], params["extra_corpora"], params["corpus_limit"])
+                code_open = (entry.get("markers") or {}).get("code", DEFAULT_MARKERS["code"])[0]
+                for row in rows:
+                    stage = entry.get("stage", "auto")
+                    if stage == "auto":
+                        text = field_text(row, entry["solution"], entry, row.get("_where", name))
+                        stage = "tir" if code_open in text else "cot"
+                    solutions[stage] = solutions.get(stage, 0) + 1
+            else:
+                stage = "cot" if entry.get("stage") == "cot" else "tir"
+                solutions[stage] = solutions.get(stage, 0) + corpus_rows(name, params["data_dir"],
+                                                                         params["extra_corpora"], params["corpus_limit"])
+    except CorpusError as error:
+        raise ParamsError(f"estimate: {error}") from error
+    return solutions
+
+
 def _teacher_entry(requests, prompt_tokens, completion_tokens, params):
     prices = (params.get("teacher_price_per_1m_prompt"), params.get("teacher_price_per_1m_completion"))
     cost = None if None in prices else (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
@@ -221,7 +248,10 @@ def estimate(params_file, usage_from=None, assumptions=None):
         questions = (rewrites + bf_trans) * values["augment_keep_share"] + seeds * methods.get("fobar", 0)
         teacher["augment"].update(seeds=seeds, new_questions=round(questions))
 
-    if "synthesize" in plan:
+    if "synthesize" in plan and step_params(plan, "synthesize")["solution_source"] == "corpus":
+        p = step_params(plan, "synthesize")
+        solutions = corpus_solutions(p)  # no teacher: the corpus's rows are the solutions
+    elif "synthesize" in plan:
         p = step_params(plan, "synthesize")
         seeds = sum(split_rows(spec, "train", p["seeds_per_benchmark"]) for spec in p["seed_benchmarks"]) \
             if p["include_seeds"] else 0

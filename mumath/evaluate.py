@@ -192,21 +192,13 @@ def wilson_interval(successes, n, z=1.96):
 
 
 def majority_answer(rows):
-    """The most common extracted answer over samples, grouping equivalent answers together."""
-    groups = []  # [representative, count, correct]
-    for row in rows:
-        if row["pred"] is None:
-            continue
-        for group in groups:
-            if is_equivalent(row["pred"], group[0]):
-                group[1] += 1
-                break
-        else:
-            groups.append([row["pred"], 1, row["correct"]])
-    if not groups:
-        return None, False
-    best = max(groups, key=lambda group: group[1])
-    return best[0], best[2]
+    """The most common extracted answer over samples, grouping equivalent answers together, and whether it
+    is correct ((None, False) when no sample has an answer); see `voting`."""
+    from .voting import answer_groups, majority_label
+
+    labels, correct, answers = answer_groups(rows)
+    best = majority_label(labels, range(len(labels)))
+    return (None, False) if best is None else (answers[best], correct[best])
 
 
 def compute_metrics(rows, n_samples=1):
@@ -232,14 +224,14 @@ def compute_metrics(rows, n_samples=1):
         "completion_tokens": sum(row["completion_tokens"] for row in rows),
     }
     if n_samples > 1:
-        by_problem = {}
-        for row in rows:
-            if row["correct"] is not None:
-                by_problem.setdefault(row["id"], []).append(row)
-        votes = [majority_answer(group)[1] for group in by_problem.values()]
-        metrics[f"maj@{n_samples}"] = sum(votes) / len(votes) if votes else 0.0
-        metrics[f"pass@{n_samples}"] = sum(any(r["correct"] for r in group)
-                                           for group in by_problem.values()) / len(by_problem) if by_problem else 0.0
+        # maj@k and pass@k for k = 1, 2, 4, ..., n with bootstrap intervals (`voting.voting_metrics`), over the
+        # graded problems (ungraded ones have no gold to vote for); maj@n / pass@n stay at the top level.
+        from .voting import voting_metrics
+
+        voting = voting_metrics([row for row in rows if row["correct"] is not None], n_samples)
+        metrics["voting"] = voting
+        top = voting["by_k"].get(n_samples, {"maj": 0.0, "pass": 0.0})
+        metrics[f"maj@{n_samples}"], metrics[f"pass@{n_samples}"] = top["maj"], top["pass"]
     return metrics
 
 

@@ -16,7 +16,7 @@ import ast
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -126,9 +126,19 @@ class Training(Group):
     save_steps: int = param(50, "checkpoint every N steps; the same command resumes from the last one", ge=1)
     save_total_limit: Optional[int] = param(2, "checkpoints kept (None: all)", ge=1)
     max_rows: Optional[int] = param(None, "train on the first N rows only (quick runs); None: all", ge=1)
+    report_to: Union[str, list[str]] = param("tensorboard", "tensorboard (event files in <run_dir>/<stage>/"
+                                                            "tensorboard) | wandb | trackio | none, or a list")
     num_processes: int = param(1, "> 1: accelerate launch (NCCL on GPUs, gloo on CPU)", ge=1)
     accelerate_config: Optional[str] = param(None, "e.g. 'configs/accelerate/zero3.yaml' or "
                                                    "'configs/accelerate/fsdp2.yaml'")
+
+
+class Hub(Group):
+    """Uploading a step's result to the Hugging Face hub (token from HF_TOKEN): filter, stage1, stage2."""
+    prefix: ClassVar[str] = "hub_"
+    push: bool = param(False, "upload the result with its card (README.md) to hub_repo_id", flat="push_to_hub")
+    repo_id: Optional[str] = param(None, "'<user or org>/<name>' (needed with push_to_hub)")
+    private: bool = param(True, "create the hub repository private")
 
 
 class Evaluation(Concurrency):
@@ -202,8 +212,14 @@ class SynthesizeConfig(Seeded, PromptDir, DataDir, Step):
     seeds: Seeds = Seeds()
     stages: dict[Literal["cot", "tir"], NonNegative] = param(
         {"cot": 1, "tir": 1}, "samples per question for each stage (reference: one per question)", min_length=1)
-    solution_source: Literal["teacher", "reference", "both"] = param(
-        "teacher", "'teacher', 'reference' (the seeds' own rationales) or 'both'")
+    solution_source: Literal["teacher", "reference", "both", "corpus"] = param(
+        "teacher", "'teacher', 'reference' (the seeds' own rationales), 'both' or 'corpus'")
+    corpora: list[str] = param([], "solution_source 'corpus': names in mumath/corpora.yaml or extra_corpora")
+    extra_corpora: dict[str, dict] = param({}, "your own corpus entries (same keys as mumath/corpora.yaml)")
+    corpus_limit: Optional[int] = param(None, "first rows of each corpus (None: all)", ge=1)
+    corpus_reexecute: Literal["no", "check", "replace"] = param(
+        "no", "'no', 'check' (drop rows whose outputs differ) or 'replace'")
+    corpus_carry_state: bool = param(False, "re-execution: earlier blocks of a solution run before each block")
     reference_blocks: Literal["step", "solution"] = param(
         "step", "reference code-nested solutions: a block per 'step' or per 'solution'")
     max_rounds: int = param(3, "code executions per solution at most", ge=1)
@@ -239,6 +255,7 @@ class FilterStepConfig(FilterSettings, ExtraBenchmarks, DataDir, Step):
                                                 "hub id)")
     decontaminate_benchmarks: Optional[list[str]] = param(
         None, "None: every registered benchmark with a test split; or a list of names")
+    hub: Hub = Hub()
 
 
 class StageInputs(Settings):
@@ -251,6 +268,7 @@ class StageConfig(Seeded, PromptFormat, PromptDir, StageInputs, Variant, Step):
     """Steps 4 and 5: one SFT stage (they differ only in their defaults, `STEPS`); `mumath.sft.TrainConfig`
     is the same parameters, flattened, plus the output folder."""
     training: Training = Training()
+    hub: Hub = Hub()
 
 
 class EvaluateConfig(Seeded, PromptFormat, PromptDir, ExtraBenchmarks, DataDir, Engine, Variant, Step):
@@ -266,6 +284,8 @@ class AnalysisConfig(Step):
     runs: list[str] = param([], "run folders to analyse and compare (empty: this run, run_dir)")
     out_dir: Optional[str] = param(None, "None: <run_dir>/analysis")
     failing_examples: int = param(3, "failing trajectories shown per benchmark and mode", ge=0)
+    browser_limit: Optional[int] = param(200, "trajectories per source, model, benchmark and mode in browser.html "
+                                              "(None: all; 0: no page)", ge=0)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ AUTO_PACKING = {"cpu": True, "cuda": True}
 PEAK_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("A10", 125e12),
               ("L4", 121e12), ("V100", 125e12), ("T4", 65e12)]
 CONFIG_FILE, FINAL, STATS, LOG = "train_config.json", "final", "stats.json", "log.jsonl"
+TENSORBOARD = "tensorboard"  # <stage>/tensorboard/: the event files (`tensorboard --logdir outputs/<run>`)
+REPORT_TO = ("tensorboard", "wandb", "trackio", "none")
 
 
 class TrainConfigError(ValueError):
@@ -63,11 +65,23 @@ class TrainConfig(Training, StageInputs, PromptFormat, PromptDir, Seeded):
             raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
         if self.data is None:
             raise TrainConfigError("parameter 'data' is not set")
+        report_targets(self.report_to)
         return self
 
     @classmethod
     def from_dict(cls, data):
         return cls(**data).validate()
+
+
+def report_targets(report_to):
+    """`report_to` (a name or a list) -> the list of trackers; 'none' alone (or an empty list) is none."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in names if name not in REPORT_TO]
+    if unknown:
+        raise TrainConfigError(f"parameter 'report_to' names {unknown}; each one of {REPORT_TO}")
+    if "none" in names and len(names) > 1:
+        raise TrainConfigError(f"parameter 'report_to' is {names}: 'none' cannot be combined with a tracker")
+    return [name for name in names if name != "none"]
 
 
 # ---------------------------------------------------------------- device, batch, precision
@@ -179,7 +193,8 @@ def fingerprint(config, data_path, init_path):
     from .manifest import sha256_path
 
     settings = {key: value for key, value in config.model_dump().items()  # not where, nor how often it saves
-                if key not in ("output_dir", "save_steps", "save_total_limit", "num_processes", "accelerate_config")}
+                if key not in ("output_dir", "save_steps", "save_total_limit", "num_processes", "accelerate_config",
+                               "report_to")}
     blob = {"config": settings, "data": sha256_path(data_path),
             "init_model": sha256_path(init_path) if Path(init_path).exists() else str(init_path)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
@@ -201,6 +216,7 @@ def prepare_output(out, print_fn=print, digest=None):
     if previous is not None and previous != digest:
         print_fn(f"[train] {out}: configuration, data or initial model changed; discarding old checkpoints")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # curves of another configuration would mix in
         (out / LOG).unlink(missing_ok=True)
 
 
@@ -230,6 +246,36 @@ def make_callbacks(log_path, counter):
             counter.step_seconds += time.perf_counter() - counter.step_started
 
     return [JsonlLog(), Timing()]
+
+
+def tensorboard_callback(folder):
+    """transformers' TensorBoard callback, writing its event files to `folder` (rank 0 only, on first log).
+
+    Set here rather than through `report_to`, which would put them under checkpoints/runs/<date_host>/."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(folder)
+    return callback
+
+
+class Throughput:
+    """Tokens per second of the steps since the last log line (this process's batches: per process).
+
+    Tokens are counted as the training step receives its batch, not in the collator: the data loader
+    collates a batch ahead, which would credit a step's tokens to the one before."""
+
+    def __init__(self, counter):
+        self.counter, self.tokens, self.seconds = counter, 0, 0.0
+
+    def add(self, inputs):
+        mask = inputs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+
+    def since_last(self):
+        seconds = self.counter.step_seconds - self.seconds
+        tokens, self.tokens, self.seconds = self.tokens, 0, self.counter.step_seconds
+        return round(tokens / seconds, 1) if seconds > 0 and tokens else None
 
 
 class CountingCollator:
@@ -378,7 +424,11 @@ def sft_arguments(config, out, settings):
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
+        logging_steps=1, logging_first_step=True, seed=config.seed, data_seed=config.seed,
+        # TensorBoard is added as a callback (event files under the stage folder); wandb and trackio read
+        # their project and key from the environment (WANDB_PROJECT, WANDB_API_KEY, ...), never from here.
+        report_to=[name for name in report_targets(config.report_to) if name != "tensorboard"],
+        run_name=f"{Path(out).parent.name}/{Path(out).name}",
         ddp_find_unused_parameters=False if settings["processes"] > 1 else None)
 
 
@@ -394,6 +444,20 @@ def trainer_class():
         profile on the embedded model. There the model computes its own loss from `labels` (same value: sum
         over target tokens / `num_items_in_batch`); TRL's entropy and token-accuracy metrics are not logged.
         """
+
+        throughput = None  # a Throughput, set by build_trainer: adds tokens/s to every log line
+
+        def log(self, logs, start_time=None):
+            if self.throughput is not None and "loss" in logs:
+                tokens_per_second = self.throughput.since_last()
+                if tokens_per_second is not None:
+                    logs["tokens_per_second"] = tokens_per_second
+            super().log(logs, start_time)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.throughput is not None:
+                self.throughput.add(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if inputs["input_ids"].device.type == "cuda":
@@ -430,7 +494,11 @@ def build_trainer(config, examples, tokenizer, init_path, out, device=None):
                                   peft_config=lora_config(config) if config.finetune != "full" else None)
     counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
-    for callback in make_callbacks(Path(out) / LOG, counter):
+    trainer.throughput = Throughput(counter)
+    callbacks = make_callbacks(Path(out) / LOG, counter)
+    if "tensorboard" in report_targets(config.report_to):
+        callbacks.append(tensorboard_callback(Path(out) / TENSORBOARD))
+    for callback in callbacks:
         trainer.add_callback(callback)
     return trainer, counter, settings
 
@@ -651,12 +719,20 @@ def run_process_group(command, env):
         raise
 
 
-def run_stage(run_dir, stage, data=None, init_model=None, step_name=None, **settings):
-    """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log).
+def run_stage(run_dir, stage, data=None, init_model=None, step_name=None, push_to_hub=False, hub_repo_id=None,
+              hub_private=True, **settings):
+    """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log,
+    TensorBoard events, model card README.md).
 
     `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2;
     `settings` are the rest of `TrainConfig` (`mumath.params.Training`, mode, seed, prompt_dir).
+    With `push_to_hub`, final/ and its card go to the hub repository `hub_repo_id` (token from HF_TOKEN).
     """
+    from .cards import CardError, push_stage, write_model_card
+
+    if push_to_hub and (not hub_repo_id or str(hub_repo_id).count("/") != 1):
+        raise CardError(f"parameter 'push_to_hub' is on and 'hub_repo_id' is {hub_repo_id!r}: set it to "
+                        "'<user or org>/<name>'")
     from .manifest import record_inputs
     from .models import resolve_model_path
 
@@ -671,7 +747,12 @@ def run_stage(run_dir, stage, data=None, init_model=None, step_name=None, **sett
                                         init_model=init_model))
     init_path = resolve_model_path(init_model)
     record_inputs(run_dir, [data] + ([init_path] if Path(init_path).exists() else []))
-    return launch(config)
+    stats = launch(config)
+    card = write_model_card(config.output_dir, run_dir)
+    if push_to_hub:
+        stats["hub_commit"] = push_stage(config.output_dir, hub_repo_id, hub_private)
+        print(f"[train] pushed {config.output_dir}/final and {card.name} to {hub_repo_id}: {stats['hub_commit']}")
+    return stats
 
 
 def main(argv=None):

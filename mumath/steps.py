@@ -57,14 +57,17 @@ def run_synthesize(config):
 
     run_dir = resolve_run_dir(config.run_dir)
     print("solution source:", config.solution_source)
-    teacher = None if config.solution_source == "reference" else make_step_teacher(config, run_dir)
+    teacher = None if config.solution_source in ("reference", "corpus") else make_step_teacher(config, run_dir)
     with sandbox_pool(config.sandbox) as executor:
         return synthesize(run_dir, teacher, executor, questions_file=config.questions_file,
                           include_seeds=config.include_seeds, seed_benchmarks=config.seeds.benchmarks,
                           seeds_per_benchmark=config.seeds.per_benchmark, data_dir=config.data_dir,
                           seed=config.seed, stages=config.stages, sampling=_sampling(config.generation, config.seed),
                           max_rounds=config.max_rounds, few_shot=config.few_shot, prompt_dir=config.prompt_dir,
-                          solution_source=config.solution_source, reference_blocks=config.reference_blocks)
+                          solution_source=config.solution_source, reference_blocks=config.reference_blocks,
+                          corpora=config.corpora, extra_corpora=config.extra_corpora,
+                          corpus_limit=config.corpus_limit, corpus_reexecute=config.corpus_reexecute,
+                          corpus_carry_state=config.corpus_carry_state)
 
 
 def run_filter(config):
@@ -78,7 +81,8 @@ def run_filter(config):
     return filter_run(run_dir, synth_dir=config.synth_dir, data_dir=config.data_dir,
                       extra_benchmarks=config.extra_benchmarks,
                       decontaminate_benchmarks=config.decontaminate_benchmarks,
-                      tokenizer=config.training_tokenizer, config=knobs)
+                      tokenizer=config.training_tokenizer, config=knobs, push_to_hub=config.hub.push,
+                      hub_repo_id=config.hub.repo_id, hub_private=config.hub.private)
 
 
 def run_stage(config):
@@ -89,7 +93,9 @@ def run_stage(config):
     run_dir = resolve_run_dir(config.run_dir)
     return train_stage(run_dir, step_of(config.step_name), data=config.data, init_model=config.init_model,
                        step_name=config.step_name, mode=config.mode, seed=config.seed, prompt_dir=config.prompt_dir,
-                       prompt_format=config.prompt_format, **config.training.model_dump())
+                       prompt_format=config.prompt_format, push_to_hub=config.hub.push,
+                       hub_repo_id=config.hub.repo_id, hub_private=config.hub.private,
+                       **config.training.model_dump())
 
 
 def plot_training_log(stage_dir):
@@ -140,7 +146,7 @@ def run_analysis(config):
     from .analysis import run_analysis as analyse
 
     return analyse(resolve_run_dir(config.run_dir), runs=config.runs, out_dir=config.out_dir,
-                   failing_examples=config.failing_examples)
+                   failing_examples=config.failing_examples, browser_limit=config.browser_limit)
 
 
 RUNNERS = {"augment": run_augment, "synthesize": run_synthesize, "filter": run_filter, "stage1": run_stage,

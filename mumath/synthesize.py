@@ -10,27 +10,18 @@ Each solution is written in chat format (`messages`: the question in the evaluat
 solution as the assistant turn) for SFT, with its raw trajectory and statistics beside it.
 
 `solution_source` chooses who writes the solutions: the teacher, the seeds' own reference rationales
-(`reference.py`, rows with `teacher: "reference"` in the same format), or both side by side.
+(`reference.py`, rows with `teacher: "reference"` in the same format), both side by side, or a published
+corpus (`corpus.py`, rows with `teacher: "corpus:<name>"`; no questions, no teacher).
 """
 import time
 
 from .backends import Sampling
 from .grading import extract_answer, extract_boxed, is_equivalent
 from .prompts import build_messages, user_message
-from .tir import has_prefix_cot, run_tool_loop
+from .tir import errors_fixed, has_prefix_cot, run_tool_loop
 
 STAGES = {"cot": {"execute": False, "template": "synth_cot"}, "tir": {"execute": True, "template": "synth_tir"}}
-SOLUTION_SOURCES = ("teacher", "reference", "both")
-
-
-def errors_fixed(executions):
-    """Failed executions that a later execution of the same trajectory got past."""
-    fixed = 0
-    for position, execution in enumerate(executions):
-        failed = execution["error"] or execution["timed_out"]
-        if failed and any(not (later["error"] or later["timed_out"]) for later in executions[position + 1:]):
-            fixed += 1
-    return fixed
+SOLUTION_SOURCES = ("teacher", "reference", "both", "corpus")
 
 
 def synthesize(teacher, questions, executor, stage="tir", samples=1, sampling=None, max_rounds=4, few_shot=0,
@@ -96,16 +87,21 @@ def synthesis_stats(rows):
 def run_synthesize(run_dir, teacher, executor, questions_file=None, include_seeds=True,
                    seed_benchmarks=("gsm8k:train",), seeds_per_benchmark=None, data_dir=None, seed=0,
                    stages=None, sampling=None, max_rounds=4, few_shot=0, prompt_dir=None,
-                   solution_source="teacher", reference_blocks="step"):
+                   solution_source="teacher", reference_blocks="step", corpora=(), extra_corpora=None,
+                   corpus_limit=None, corpus_reexecute="no", corpus_carry_state=False):
     """Step 2 of a run: questions -> <run_dir>/synthesize/<stage>.jsonl (+ trajectories, stats.json).
 
     `stages` maps a stage (cot, tir) to samples per question. Questions are the augmented ones
     (`questions_file`, default <run_dir>/augment/questions.jsonl, if it exists) plus, with
     `include_seeds`, the seed questions themselves. `solution_source`: `teacher`, `reference` (one
-    solution per question and stage from the seed's rationale; `teacher` may be None) or `both`.
+    solution per question and stage from the seed's rationale; `teacher` may be None), `both`, or
+    `corpus` (the rows of `corpora`, see `synthesize_corpus`; questions and `stages` are not used).
     """
     if solution_source not in SOLUTION_SOURCES:
         raise ValueError(f"parameter 'solution_source' is '{solution_source}', not one of {SOLUTION_SOURCES}")
+    if solution_source == "corpus":
+        return synthesize_corpus(run_dir, executor, corpora, extra_corpora, corpus_limit, corpus_reexecute,
+                                 corpus_carry_state, data_dir, prompt_dir)
     from pathlib import Path
 
     from .data import load_many
@@ -144,6 +140,38 @@ def run_synthesize(run_dir, teacher, executor, questions_file=None, include_seed
              "usage": teacher.usage.to_dict() if teacher is not None else None}
     if reference_stats:
         stats["reference"] = reference_stats
+    write_json(out / "stats.json", stats)
+    return stats
+
+
+def synthesize_corpus(run_dir, executor, corpora, extra_corpora=None, limit=None, reexecute="no",
+                      carry_state=False, data_dir=None, prompt_dir=None, progress=True):
+    """Import published corpora (`corpus.import_corpora`) -> <run_dir>/synthesize/<stage>.jsonl and stats.json,
+    in the same format as synthesized solutions."""
+    from pathlib import Path
+
+    from .corpus import import_corpora
+    from .manifest import record_inputs
+    from .records import write_json, write_jsonl
+
+    started, inputs = time.perf_counter(), []
+    by_stage, counts = import_corpora(corpora, data_dir, extra_corpora, limit, executor, reexecute, carry_state,
+                                      prompt_dir, inputs, progress)
+    record_inputs(run_dir, [path for path in inputs if not path.startswith("hf://")])
+    out = Path(run_dir) / "synthesize"
+    all_rows = []
+    for stage in ("cot", "tir"):
+        rows = by_stage.get(stage, [])
+        write_jsonl(out / f"{stage}.jsonl", rows)
+        write_jsonl(out / f"{stage}_trajectories.jsonl",
+                    [{"id": row["id"], "prompt": "", "generation": row["messages"][-1]["content"],
+                      "executions": [], "rounds": row["rounds"], "finish": row["finish"], "prompt_tokens": 0,
+                      "completion_tokens": 0} for row in rows])
+        all_rows += rows
+    stats = {"questions": len({row["question_id"] for row in all_rows}), "stages": synthesis_stats(all_rows),
+             "solution_source": "corpus", "rows_by_source": rows_by_source(all_rows), "teacher": None,
+             "usage": None, "corpora": counts, "corpus_reexecute": reexecute, "inputs": inputs,
+             "seconds": round(time.perf_counter() - started, 1)}
     write_json(out / "stats.json", stats)
     return stats
 

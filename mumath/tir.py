@@ -53,6 +53,16 @@ def format_output(output):
     return f"{OUTPUT_MARKER}\n{output}\n```\n"
 
 
+def errors_fixed(executions):
+    """Failed executions that a later execution of the same trajectory got past."""
+    fixed = 0
+    for position, execution in enumerate(executions):
+        failed = execution["error"] or execution["timed_out"]
+        if failed and any(not (later["error"] or later["timed_out"]) for later in executions[position + 1:]):
+            fixed += 1
+    return fixed
+
+
 def has_prefix_cot(generation, min_words=8):
     """Whether the solution reasons in words before its first code block."""
     head = generation.split("```python", 1)[0]
