@@ -1,6 +1,5 @@
 """Model and dataset cards and the hub upload (HfApi mocked: no network)."""
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def stage_folder(run_dir, name="stage2", init_model="embedded"):
     (stage / "final" / "config.json").write_text("{}")
     config = TrainConfig(output_dir=str(stage), data=f"{run_dir}/filter/stage2.jsonl", init_model=init_model,
                          mode="tir", finetune="lora")
-    (stage / "train_config.json").write_text(json.dumps({"fingerprint": "f" * 64, "config": asdict(config),
+    (stage / "train_config.json").write_text(json.dumps({"fingerprint": "f" * 64, "config": config.model_dump(),
                                                          "init_path": "/x"}))
     (stage / "stats.json").write_text(json.dumps({"steps": 4, "examples": {"rows": 10, "examples": 9}}))
     return stage

@@ -223,7 +223,7 @@ def test_stage_logs_to_tensorboard_writes_a_model_card_and_pushes_final_with_it(
     (run_dir).mkdir()
     (run_dir / "manifest.json").write_text(json.dumps({"run": "run", "params_file": "params/x.yaml",
                                                        "git": {"commit": "abc123", "dirty": False}}))
-    settings = {key: value for key, value in asdict(config_for(tmp_path, tiny_model, rows_file)).items()
+    settings = {key: value for key, value in config_for(tmp_path, tiny_model, rows_file).model_dump().items()
                 if key not in ("output_dir", "data", "init_model")}
     stats = run_stage(run_dir, "stage1", data=str(rows_file), init_model=str(tiny_model), push_to_hub=True,
                       hub_repo_id="someone/stage1", **settings)
