@@ -57,7 +57,9 @@ class TrainConfig:
     packing: object = None            # True | False | None: per device (AUTO_PACKING)
     group_by_length: bool = True       # padded batches: draw batches of similar lengths (less padding)
     gradient_checkpointing: bool = False
-    precision: str = "auto"           # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    # auto: bf16 on GPUs with native bf16, else fp16; bf16-weights on CPUs with native bf16, else fp32.
+    # bf16 = autocast over fp32 weights; bf16-weights = weights, gradients and optimizer state in bf16.
+    precision: str = "auto"
     attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
     lora_r: int = 16
     lora_alpha: int = 32
@@ -76,8 +78,8 @@ class TrainConfig:
             raise TrainConfigError(f"parameter 'mode' is '{self.mode}'; one of {PROMPT_MODES}")
         if self.packing not in (True, False, None):
             raise TrainConfigError(f"parameter 'packing' is {self.packing!r}; true, false or null (per device)")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise TrainConfigError(f"parameter 'precision' is '{self.precision}'; auto, bf16, fp16 or fp32")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"parameter 'precision' is '{self.precision}'; one of {PRECISIONS}")
         for name in ("global_batch_size", "per_device_batch_size", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"parameter '{name}' must be at least 1, got {getattr(self, name)}")
@@ -118,14 +120,81 @@ def accumulation_steps(global_batch_size, per_device_batch_size, processes):
     return global_batch_size // per_step
 
 
-def resolve_precision(precision, device):
+PRECISIONS = ("auto", "bf16", "bf16-weights", "fp16", "fp32")
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16): there bf16 halves the bytes and
+    the instructions per multiply-add; without it torch emulates bf16 and it is slower than fp32.
+
+    torch's own CPU feature probe (cpuinfo) first; the kernel's /proc/cpuinfo flags where torch has none.
+    """
     import torch
 
+    get_capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    if get_capabilities is not None:
+        try:
+            capabilities = get_capabilities()
+            return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+        except (RuntimeError, AttributeError):
+            pass
+    return bool(cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpuinfo_flags(path="/proc/cpuinfo"):
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cuda_has_native_bf16():
+    """Native bf16 only (Ampere and newer): a T4 emulates bf16 and runs it several times slower than fp16."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no `including_emulation` and answers for native support
+        return torch.cuda.is_bf16_supported()
+
+
+# What `precision: auto` picks on a CPU with native bf16 (benchmarks/results/train-cpu.json measures it).
+CPU_BF16 = "bf16-weights"
+
+
+def resolve_precision(precision, device):
+    """`auto`: bf16 on GPUs with native bf16, fp16 on older GPUs; on CPUs with native bf16 `CPU_BF16`,
+    fp32 on the others. Any other value is kept as asked."""
     if precision != "auto":
         return precision
-    if device != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cuda":
+        return "bf16" if cuda_has_native_bf16() else "fp16"
+    return CPU_BF16 if cpu_has_native_bf16() else "fp32"
+
+
+def uses_bf16(precision):
+    return precision in ("bf16", "bf16-weights")
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_every_core(device):
+    """On CPU, one torch thread per core this process may use (divided among `accelerate launch` ranks via
+    OMP_NUM_THREADS, which wins when set). Returns the thread count."""
+    import torch
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(available_cores())
+    return torch.get_num_threads()
 
 
 def resolve_attention(attn_implementation, device):
@@ -173,7 +242,8 @@ def check_qlora_device(device):
 def torch_dtype(precision):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return {"bf16": torch.bfloat16, "bf16-weights": torch.bfloat16, "fp16": torch.float16,
+            "fp32": torch.float32}[precision]
 
 
 def load_base_model(config, path, precision, attention):
@@ -189,10 +259,15 @@ def load_base_model(config, path, precision, attention):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         # SFTTrainer does not do this for us: casts norms to fp32, enables input grads (+ checkpointing).
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16).
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("fp32") if config.finetune == "full"
-                                                else torch_dtype(precision if precision != "fp16" else "fp32"),
-                                                **kwargs)
+    # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16), except
+    # under bf16-weights, where the weights themselves are bf16 (no casts, half the bytes; coarser updates).
+    if precision == "bf16-weights":
+        dtype = "bf16"
+    elif config.finetune == "full" or precision == "fp16":
+        dtype = "fp32"
+    else:
+        dtype = precision
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
 
 
 # ---------------------------------------------------------------- provenance
@@ -323,7 +398,7 @@ def sft_arguments(config, out, settings):
         max_length=config.max_length, packing=packing, packing_strategy="bfd", padding_free=packing,
         train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
         gradient_checkpointing=config.gradient_checkpointing,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
+        bf16=uses_bf16(precision), fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
         ddp_find_unused_parameters=False if settings["processes"] > 1 else None)
@@ -359,7 +434,7 @@ def build_trainer(config, examples, tokenizer, init_path, out, device=None):
     from datasets import Dataset
 
     device = device or device_kind()
-    settings = {"device": device, "processes": world_size(),
+    settings = {"device": device, "processes": world_size(), "torch_threads": use_every_core(device),
                 "precision": resolve_precision(config.precision, device),
                 "packing": resolve_packing(config.packing, device),
                 "attention": resolve_attention(config.attn_implementation, device)}
@@ -470,7 +545,7 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
             from transformers import AutoModelForCausalLM
 
             # Merge into the unquantized base (merging into 4-bit weights would round them again).
-            dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
+            dtype = torch_dtype(precision if config.finetune == "qlora" or uses_bf16(precision) else "fp32")
             base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
             merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             merged.save_pretrained(str(tmp), safe_serialization=True)
