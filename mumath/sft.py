@@ -68,6 +68,7 @@ class TrainConfig:
     save_steps: int = 50
     save_total_limit: int = 2
     limit: object = None              # train on the first `limit` rows only (quick runs)
+    data_fraction: float = 1.0        # train on this share of the rows: a seeded subset, nested across shares
     seed: int = 0
     prompt_dir: object = None
 
@@ -85,6 +86,8 @@ class TrainConfig:
                 raise TrainConfigError(f"parameter '{name}' must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise TrainConfigError(f"parameter 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 < self.data_fraction <= 1:
+            raise TrainConfigError(f"parameter 'data_fraction' must be in (0, 1], got {self.data_fraction}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
         return self
@@ -486,6 +489,7 @@ def train(config, print_fn=print):
         print_fn(f"[train] {init_path} has no chat template; using mumath.train.FALLBACK_CHAT_TEMPLATE")
     rows = load_rows(config.data)
     rows = rows[:config.limit] if config.limit else rows
+    rows = data_subset(rows, config.data_fraction, config.seed)
     examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
                                           source=str(config.data))
     if not examples:
@@ -511,7 +515,7 @@ def train(config, print_fn=print):
         "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "resumed_from": resume.name if resume else None,
         "train_loss": result.training_loss, "final_loss": last_logged_loss(trainer.state.log_history),
-        "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
+        "data_fraction": config.data_fraction, "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
         "padding_share": round(1 - tokens / positions, 4) if positions else 0.0,
         "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
         "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
@@ -521,6 +525,19 @@ def train(config, print_fn=print):
     if rank0:
         write_json(out / STATS, stats)
     return stats
+
+
+def data_subset(rows, fraction, seed):
+    """`fraction` of the rows, in their file order: the first rows of one seeded permutation, so the 25 %
+    subset lies inside the 50 % one (a data-scaling curve adds rows, it does not swap them)."""
+    import random
+
+    if fraction >= 1:
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:max(1, round(fraction * len(rows)))])
+    return [rows[index] for index in keep]
 
 
 def last_logged_loss(history):
