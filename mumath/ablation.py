@@ -268,8 +268,41 @@ def plot_cells(cells, out_dir):
     return "accuracy.png"
 
 
+def write_holdout(out, seeds_per_benchmark, problems=200, seed=0, data_dir=None, benchmark="gsm8k:train"):
+    """Training problems the ablation's synthesize step does NOT draw (it draws `seeds_per_benchmark` of
+    `benchmark` with `seed`): `problems` of the others, seeded, in the raw GSM8K format -> `out` (JSONL).
+    The learning-rate / epoch sweep scores on these (params/ablation-sweep.yaml), never on a test set."""
+    import random
+
+    from .data import load_many
+
+    name, _, split = benchmark.partition(":")
+    everything = load_many([benchmark], "train", data_dir, None, seed)
+    used = {record["id"] for record in load_many([benchmark], "train", data_dir, seeds_per_benchmark, seed)}
+    unused = [record for record in everything if record["id"] not in used]
+    if len(unused) < problems:
+        raise AblationError(f"{benchmark}: only {len(unused)} problems are not seeds; asked for {problems}")
+    chosen = sorted(random.Random(seed + 1).sample(range(len(unused)), problems))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as file:
+        for index in chosen:
+            record = unused[index]
+            file.write(json.dumps({"id": record["id"], "question": record["question"],
+                                   "answer": record["meta"]["answer"]}) + "\n")
+    return out, len(used)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["holdout"]:
+        if len(argv) not in (3, 4):
+            print("usage: python -m mumath.ablation holdout <out.jsonl> <seeds_per_benchmark> [<problems>]",
+                  file=sys.stderr)
+            return 2
+        out, used = write_holdout(argv[1], int(argv[2]), int(argv[3]) if len(argv) > 3 else 200)
+        print(f"wrote {out}: problems of gsm8k:train outside the {used} seeds")
+        return 0
     if not 1 <= len(argv) <= 3:
         print("usage: python -m mumath.ablation <run_dir> [<out_dir>] [<params file>]", file=sys.stderr)
         return 2

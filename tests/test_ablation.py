@@ -83,3 +83,14 @@ def test_export_writes_cells_comparisons_and_training_rows(tmp_path):
 def test_a_run_without_evaluations_fails_clearly(tmp_path):
     with pytest.raises(AblationError, match="no evaluation metrics"):
         export(tmp_path, tmp_path / "out")
+
+
+def test_holdout_problems_are_never_training_seeds(tmp_path):
+    from mumath.ablation import write_holdout
+    from mumath.data import load_many
+
+    out, used = write_holdout(tmp_path / "holdout.jsonl", seeds_per_benchmark=300, problems=50)
+    held = [json.loads(line) for line in out.read_text().splitlines()]
+    seeds = {record["id"] for record in load_many(["gsm8k:train"], "train", None, 300, 0)}
+    assert used == 300 and len(held) == 50 and not seeds & {row["id"] for row in held}
+    assert all("####" in row["answer"] for row in held)
