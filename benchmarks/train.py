@@ -5,7 +5,7 @@ and fp32 vs the precision `auto` picks (bf16 on CPUs with native bf16).
     python benchmarks/train.py --finetune full --arms packed --precisions fp32 bf16 bf16-weights  # precision
 
 Same data (GSM8K training rationales as CoT solutions in the evaluation format, loss-masked by
-`mumath.train`), same model (the embedded one unless `--model`), same device, one epoch each, in one process
+`mumath.sft_examples`), same model (the embedded one unless `--model`), same device, one epoch each, in one process
 so that machine load hits every arm alike. Arms per fine-tuning mode:
 - `plain`: `transformers.Trainer`, random order, `DataCollatorForSeq2Seq` padding to the batch maximum;
 - `padded`: ours with batches of similar lengths (`train_sampling_strategy=group_by_length`);
@@ -31,7 +31,7 @@ from mumath.models import load_tokenizer, resolve_model_path  # noqa: E402
 from mumath.sft import (CountingCollator, TrainConfig, build_trainer, device_kind, lora_config,  # noqa: E402
                         make_callbacks, mfu, peak_memory_gb, resolve_attention, resolve_precision, torch_dtype,
                         use_every_core, uses_bf16)
-from mumath.train import build_examples  # noqa: E402
+from mumath.sft_examples import build_examples  # noqa: E402
 
 
 def gsm8k_cot_rows(count, seed, data_dir=None):

@@ -1,6 +1,8 @@
 """Analysis (step 7): read a run's outputs (or several runs'), write figures and a one-page report.
 
-It reads only what the steps wrote, never re-runs anything:
+This module collects (one `*_section` per step's outputs, `collect` for all runs) and is the step's entry
+point (`run_analysis`); `analysis_figures` draws, `analysis_report` writes report.md, one renderer per
+section. It reads only what the steps wrote, never re-runs anything:
 
 | section       | files read (under each run folder)                                                   |
 |---------------|---------------------------------------------------------------------------------------|
@@ -17,19 +19,18 @@ fingerprint when there is one), so the report's numbers can be checked against t
 without trajectories the metrics file's own counts are used. Every share comes with its n and a 95 % Wilson
 interval. A step whose outputs are absent is reported as "not run"; nothing here fails on a missing step.
 """
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
+from .analysis_report import fmt_share, write_report  # noqa: F401 (fmt_share: the notebook's tables)
 from .config import step_folders, step_of
 from .evaluate import wilson_interval
-from .records import read_jsonl, write_json
+from .records import read_json, read_jsonl
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
-NOT_RUN = "not run"
 STAGE_DIRS = ("stage1", "stage2")
 ROLES = (("stage2", "stage-2"), ("stage1", "stage-1"))  # a model path naming a stage folder is that stage's
 
@@ -40,36 +41,16 @@ class AnalysisError(ValueError):
 
 # ------------------------------------------------------------------------------------------ reading
 
-def read_json(path):
-    """A JSON file's content, None when the file does not exist; a broken file is an error naming it."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise AnalysisError(f"{path}: not valid JSON (line {error.lineno}): {error.msg}") from error
-
-
 def share(successes, n):
     """{successes, n, share, ci95} for a proportion, with the 95 % Wilson interval."""
     low, high = wilson_interval(successes, n)
     return {"successes": successes, "n": n, "share": successes / n if n else None, "ci95": [low, high]}
 
 
-def fmt_share(value, digits=1):
-    """'36.4 % (4/11; 95 % CI 15.2-64.6)', or 'n = 0'."""
-    if not value or not value["n"]:
-        return "n = 0"
-    low, high = value["ci95"]
-    return (f"{100 * value['share']:.{digits}f} % ({value['successes']}/{value['n']}; "
-            f"95 % CI {100 * low:.{digits}f}-{100 * high:.{digits}f})")
-
-
 def provenance(run_dir):
     """Where a run's numbers come from: its manifest's path and the git commit it ran at."""
     run_dir = Path(run_dir)
-    manifest = read_json(run_dir / "manifest.json")
+    manifest = read_json(run_dir / "manifest.json", missing_ok=True)
     if manifest is None:
         return {"run": run_dir.name, "run_dir": str(run_dir), "manifest": None, "commit": None, "dirty": None,
                 "status": None, "params": {}}
@@ -79,20 +60,12 @@ def provenance(run_dir):
             "status": manifest.get("status"), "params": manifest.get("params") or {}}
 
 
-def cite(prov):
-    """'manifest outputs/x/manifest.json @ 1a2b3c4d' (or 'no manifest')."""
-    if not prov["manifest"]:
-        return f"{prov['run_dir']} (no manifest.json)"
-    commit = (prov["commit"] or "unknown commit")[:12] + (" (dirty)" if prov["dirty"] else "")
-    return f"`{prov['manifest']}` @ {commit}"
-
-
 # ------------------------------------------------------------------------------------------ filter
 
 def filter_section(run_dir, examples_per_filter=2):
     """The funnel, why rows were dropped (with a few examples) and the contamination report; None if not run."""
     folder = Path(run_dir) / "filter"
-    funnel = read_json(folder / "funnel.json")
+    funnel = read_json(folder / "funnel.json", missing_ok=True)
     if funnel is None:
         return None
     dropped = read_jsonl(folder / "dropped.jsonl")
@@ -104,8 +77,8 @@ def filter_section(run_dir, examples_per_filter=2):
             examples[key].append({"id": row.get("id"), "detail": row.get("detail")})
     return {"funnel": funnel, "dropped": {f"{stage}/{name}": count for (stage, name), count in reasons.items()},
             "examples": {f"{stage}/{name}": rows for (stage, name), rows in examples.items()},
-            "contamination": read_json(folder / "contamination.json"),
-            "stats": read_json(folder / "stats.json"),
+            "contamination": read_json(folder / "contamination.json", missing_ok=True),
+            "stats": read_json(folder / "stats.json", missing_ok=True),
             "files": [str(folder / "funnel.json"), str(folder / "dropped.jsonl")]}
 
 
@@ -119,7 +92,7 @@ def reason_kind(reason):
 def augment_section(run_dir):
     """Per method: kept, rejected and why; None if the augment step did not run."""
     folder = Path(run_dir) / "augment"
-    stats = read_json(folder / "stats.json")
+    stats = read_json(folder / "stats.json", missing_ok=True)
     if stats is None:
         return None
     rejected = read_jsonl(folder / "rejected.jsonl")
@@ -141,7 +114,7 @@ def augment_section(run_dir):
 def synthesis_section(run_dir):
     """Per stage (and per augmentation method): solutions, correct, tool use, errors fixed, prefix CoT."""
     folder = Path(run_dir) / "synthesize"
-    stats = read_json(folder / "stats.json")
+    stats = read_json(folder / "stats.json", missing_ok=True)
     stage_files = sorted(path for path in folder.glob("*.jsonl") if not path.stem.endswith("_trajectories")) \
         if folder.exists() else []
     rows = [row for path in stage_files for row in read_jsonl(path) if "stage" in row]
@@ -188,7 +161,7 @@ def metrics_files(run_dir):
     for path in sorted(Path(run_dir).rglob("metrics.json")):
         if "analysis" in path.relative_to(run_dir).parts[:1]:
             continue
-        metrics = read_json(path)
+        metrics = read_json(path, missing_ok=True)
         if isinstance(metrics, dict) and {"benchmark", "mode", "n"} <= set(metrics):
             found.append((path, metrics))
     return found
@@ -198,7 +171,8 @@ def model_of(metrics_path, metrics, prov):
     """The evaluated model's name, from the metrics, the config.json beside them, or the run's manifest."""
     model = metrics.get("model")
     if model is None:
-        settings = (read_json(Path(metrics_path).with_name("config.json")) or {}).get("settings") or {}
+        config = read_json(Path(metrics_path).with_name("config.json"), missing_ok=True) or {}
+        settings = config.get("settings") or {}
         model = settings.get("model")
     if isinstance(model, dict):
         model = model.get("model") or model.get("identity")
@@ -312,7 +286,7 @@ def training_section(run_dir):
             continue
         logs = [folder / "log.jsonl"] if (folder / "log.jsonl").exists() else sorted(folder.glob("*.jsonl"))
         log = [row for path in logs for row in read_jsonl(path) if isinstance(row, dict) and "step" in row]
-        stats = read_json(folder / "stats.json")
+        stats = read_json(folder / "stats.json", missing_ok=True)
         if not log and stats is None:
             continue
         curve = {key: [(row["step"], row[key]) for row in log if isinstance(row.get(key), (int, float))]
@@ -403,351 +377,3 @@ def run_analysis(run_dir, runs=None, out_dir=None, failing_examples=3, record=Tr
     if record:
         record_inputs(run_dir, files_read(analysis))
     return analysis
-
-
-# ------------------------------------------------------------------------------------------ figures
-
-def save_figure(figure, out_dir, name):
-    """Write `name`.png and `name`.svg under out_dir; returns the PNG's file name (the report links it)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(out_dir / f"{name}.png", dpi=110)
-    figure.savefig(out_dir / f"{name}.svg")
-    return f"{name}.png"
-
-
-def _figure(width, height):
-    from matplotlib.figure import Figure  # no pyplot: no global state, works headless and in threads
-
-    return Figure(figsize=(width, height))
-
-
-def plot_funnel(funnel, out_dir, name):
-    from .filter import funnel_figure  # the filter step draws the same figure: one drawing for both
-
-    return save_figure(funnel_figure(funnel), out_dir, name)
-
-
-def plot_augment(section, out_dir, name):
-    methods = list(section["methods"])
-    figure = _figure(max(4, 1.2 * len(methods) + 2), 3)
-    axes = figure.add_subplot(1, 1, 1)
-    kept = [section["methods"][m]["kept"] for m in methods]
-    rejected = [section["methods"][m]["rejected"] for m in methods]
-    axes.bar(methods, kept, label="kept", color="tab:green")
-    axes.bar(methods, rejected, bottom=kept, label="rejected", color="tab:red")
-    axes.set_ylabel("questions")
-    axes.set_title("augmentation: kept and rejected per method", fontsize=9)
-    axes.legend(fontsize=8)
-    return save_figure(figure, out_dir, name)
-
-
-def _bars_with_intervals(axes, labels, shares, color=None):
-    values = [100 * (s["share"] or 0) for s in shares]
-    low = [v - 100 * s["ci95"][0] for v, s in zip(values, shares)]
-    high = [100 * s["ci95"][1] - v for v, s in zip(values, shares)]
-    axes.bar([f"{label}\nn={s['n']}" for label, s in zip(labels, shares)], values, yerr=[low, high], capsize=3,
-             color=color)
-
-
-def plot_synthesis(section, out_dir, name):
-    stages = list(section["stages"])
-    figure = _figure(4.5 * max(1, len(stages)), 3.2)
-    for position, stage in enumerate(stages, 1):
-        entry = section["stages"][stage]
-        axes = figure.add_subplot(1, len(stages), position)
-        keys = [key for key in ("boxed", "correct", "with_code", "prefix_cot") if entry.get(key)]
-        _bars_with_intervals(axes, keys, [entry[key] for key in keys], "tab:purple")
-        axes.set_ylim(0, 105)
-        axes.set_ylabel("% of solutions (95 % CI)")
-        axes.set_title(f"synthesis, {stage}: {entry['solutions']} solutions", fontsize=9)
-    return save_figure(figure, out_dir, name)
-
-
-def plot_accuracy(entries, out_dir, name="accuracy"):
-    """Grouped bars: one group per benchmark/mode, one bar per evaluated model, 95 % Wilson intervals."""
-    groups = sorted({(e["benchmark"], e["mode"]) for e in entries})
-    models = sorted({(e["run"], e["role"], e["model"]) for e in entries})
-    figure = _figure(max(5, 0.9 * len(groups) * max(1, len(models)) + 2), 3.6)
-    axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(models))
-    for index, model in enumerate(models):
-        xs, values, low, high = [], [], [], []
-        for x, group in enumerate(groups):
-            entry = next((e for e in entries if (e["benchmark"], e["mode"]) == group
-                          and (e["run"], e["role"], e["model"]) == model), None)
-            if entry is None:
-                continue
-            value = 100 * (entry["accuracy"]["share"] or 0)
-            xs.append(x + (index - (len(models) - 1) / 2) * width)
-            values.append(value)
-            low.append(value - 100 * entry["accuracy"]["ci95"][0])
-            high.append(100 * entry["accuracy"]["ci95"][1] - value)
-        short = model[2] if len(model[2]) <= 32 else "..." + model[2][-29:]
-        label = f"{model[1]} ({short})" + (f", {model[0]}" if len({m[0] for m in models}) > 1 else "")
-        axes.bar(xs, values, width, yerr=[low, high], capsize=2, label=label)
-    axes.set_xticks(range(len(groups)), [f"{b}\n{m}" for b, m in groups], fontsize=7)
-    axes.set_ylabel("accuracy % (95 % Wilson CI)")
-    axes.set_ylim(0, 100)
-    axes.set_title("accuracy per benchmark and mode (our runs)", fontsize=9)
-    axes.legend(fontsize=7)
-    return save_figure(figure, out_dir, name)
-
-
-def plot_training(training, out_dir, name):
-    figure = _figure(9, 3.2)
-    loss_axes, lr_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    for stage, entry in training.items():
-        for axes, key in ((loss_axes, "loss"), (lr_axes, "learning_rate")):
-            points = entry["curve"].get(key) or []
-            if points:
-                axes.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=stage)
-    loss_axes.set_title("training loss per step", fontsize=9)
-    lr_axes.set_title("learning rate per step", fontsize=9)
-    for axes in (loss_axes, lr_axes):
-        axes.set_xlabel("step")
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=8)
-    return save_figure(figure, out_dir, name)
-
-
-def plot_errors(entries, out_dir, name="errors"):
-    """Left: execution errors by exception type per model and mode; right: rounds used."""
-    with_rows = [e for e in entries if e["errors"]]
-    keys = sorted({(e["run"], e["role"], e["mode"]) for e in with_rows})
-    figure = _figure(10, 3.4)
-    types_axes, rounds_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    width = 0.8 / max(1, len(keys))
-    for index, key in enumerate(keys):
-        group = [e for e in with_rows if (e["run"], e["role"], e["mode"]) == key]
-        label = f"{key[1]} {key[2]}" + (f" ({key[0]})" if len({k[0] for k in keys}) > 1 else "")
-        types, rounds = Counter(), Counter()
-        for entry in group:
-            types.update(entry["errors"]["by_exception"])
-            rounds.update({int(k): v for k, v in entry["errors"]["rounds"].items()})
-        if types:
-            names = sorted(types)
-            types_axes.barh([f"{label}: {n}" for n in names], [types[n] for n in names])
-        steps = sorted(rounds)
-        rounds_axes.bar([step + (index - (len(keys) - 1) / 2) * width for step in steps], [rounds[s] for s in steps],
-                        width, label=label)
-    types_axes.set_title("execution errors by exception type", fontsize=9)
-    types_axes.tick_params(axis="y", labelsize=7)
-    rounds_axes.set_title("rounds used per problem (model calls)", fontsize=9)
-    rounds_axes.set_xlabel("rounds")
-    rounds_axes.xaxis.get_major_locator().set_params(integer=True)
-    rounds_axes.set_ylabel("problems")
-    if keys:
-        rounds_axes.legend(fontsize=7)
-    return save_figure(figure, out_dir, name)
-
-
-# ------------------------------------------------------------------------------------------ report
-
-def _pct(value):
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def _usage_line(usage):
-    if not usage:
-        return "teacher usage: not recorded"
-    cost = usage.get("cost_usd")
-    return (f"teacher usage: {usage.get('requests', 0)} requests, {usage.get('cache_hits', 0)} cache hits, "
-            f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"
-            + (f", ${cost:.4f}" if cost is not None else ", cost: no price given"))
-
-
-def accuracy_grid(entries):
-    """One row per evaluated model, one column per benchmark and mode: 'accuracy % [95 % CI] (correct/n)'
-    (the ablation's table: base vs stage-1 vs stage-2 side by side)."""
-    columns = sorted({(e["benchmark"], e["mode"]) for e in entries})
-    models = sorted({(e["run"], e["role"], e["model"]) for e in entries}, key=lambda m: (m[0], m[1] != "base", m[1]))
-    cells = {(e["run"], e["role"], e["model"], e["benchmark"], e["mode"]): e["accuracy"] for e in entries}
-    several_runs = len({m[0] for m in models}) > 1
-    lines = ["| model | " + " | ".join(f"{b} {m}" for b, m in columns) + " |", "|---|" + "---|" * len(columns)]
-    for run, role, model in models:
-        row = []
-        for benchmark, mode in columns:
-            a = cells.get((run, role, model, benchmark, mode))
-            row.append("-" if a is None else f"{_pct(a['share'])} [{_pct(a['ci95'][0])}-{_pct(a['ci95'][1])}] "
-                                             f"({a['successes']}/{a['n']})")
-        name = f"{role}" + (f" ({run})" if several_runs else "")
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    return lines
-
-
-def write_report(analysis, out_dir):
-    """Figures (PNG + SVG) and report.md under out_dir; returns (figure file names, report path)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = analysis["runs"]
-    multi = len(runs) > 1
-    figures = []
-    lines = ["# Analysis report", "",
-             "Every share is given with its n and a 95 % Wilson interval. Each section cites the manifest "
-             "(path @ git commit) of the run its numbers come from. Figures are PNG with an SVG beside them.", "",
-             "| run | manifest | status |", "|---|---|---|"]
-    lines += [f"| {r['provenance']['run']} | {cite(r['provenance'])} | {r['provenance']['status'] or '-'} |"
-              for r in runs]
-
-    def suffix(run):
-        return "-" + re.sub(r"[^\w.-]+", "_", run["provenance"]["run"]) if multi else ""
-
-    def heading(title, run):
-        lines.extend(["", f"## {title}" + (f" ({run['provenance']['run']})" if multi else ""), "",
-                      f"Source: {cite(run['provenance'])}."])
-
-    for run in runs:
-        heading("Filter funnel", run)
-        section = run["filter"]
-        if section is None:
-            lines.append(f"Filter: {NOT_RUN} (no `filter/funnel.json`).")
-        else:
-            figures.append(plot_funnel(section["funnel"], out_dir, "funnel" + suffix(run)))
-            lines += ["", f"![filter funnel]({figures[-1]})", "", "| stage | " + " | ".join(
-                section["funnel"].get("filters", [])) + " |", "|---|" + "---|" * len(section["funnel"].get("filters", []))]
-            for stage, steps in (section["funnel"].get("stages") or {}).items():
-                lines.append(f"| {stage} | " + " | ".join(str(steps.get(f, "-")) for f in
-                                                         section["funnel"].get("filters", [])) + " |")
-            by_method = section["funnel"].get("by_method") or {}
-            if any(by_method.values()):
-                lines += ["", "Kept / in per augmentation method: " + "; ".join(
-                    f"{stage} {method} {list(steps.values())[-1]}/{steps.get('input', 0)}"
-                    for stage, methods in by_method.items()
-                    for method, steps in methods.items()) + "."]
-            if section["dropped"]:
-                lines.append("")
-                lines.append("Dropped rows by stage/filter: " + ", ".join(
-                    f"{key} {count}" for key, count in sorted(section["dropped"].items())) + ".")
-            contamination = section["contamination"]
-            if contamination:
-                flagged = {name: entry for name, entry in (contamination.get("benchmarks") or {}).items()
-                           if entry.get("rows")}
-                lines.append(f"Decontamination ({contamination.get('ngram')}-gram): " + (
-                    "; ".join(f"{name}: {e['rows']} rows / {e.get('questions', '?')} questions overlap its "
-                              f"{e.get('test_questions', '?')} test questions ({e.get('action', '?')})"
-                              for name, e in flagged.items()) or "no overlap with any checked benchmark") + ".")
-                if contamination.get("unavailable"):
-                    lines.append("Not checked (unavailable): " + ", ".join(
-                        f"{name} ({reason})" for name, reason in contamination["unavailable"].items()) + ".")
-                if contamination.get("contaminated_for"):
-                    lines.append(f"**Contaminated for**: {', '.join(contamination['contaminated_for'])}.")
-
-        heading("Augmentation", run)
-        section = run["augment"]
-        if section is None:
-            lines.append(f"Augmentation: {NOT_RUN} (no `augment/stats.json`).")
-        else:
-            figures.append(plot_augment(section, out_dir, "augment" + suffix(run)))
-            lines += ["", f"![augmentation]({figures[-1]})", "",
-                      f"{section['seeds']} seeds; {section['total']} new questions. {_usage_line(section['usage'])}.",
-                      "", "| method | kept | rejected | kept share | rejection reasons |", "|---|---|---|---|---|"]
-            for method, entry in section["methods"].items():
-                reasons = ", ".join(f"{reason} ({count})" for reason, count in entry["reasons"].items()) or "-"
-                lines.append(f"| {method} | {entry['kept']} | {entry['rejected']} | "
-                             f"{fmt_share(entry['kept_share'])} | {reasons} |")
-
-        heading("Synthesis", run)
-        section = run["synthesis"]
-        if section is None:
-            lines.append(f"Synthesis: {NOT_RUN} (no `synthesize/stats.json` or solution rows).")
-        else:
-            if any("boxed" in entry for entry in section["stages"].values()):
-                figures.append(plot_synthesis(section, out_dir, "synthesis" + suffix(run)))
-                lines += ["", f"![synthesis]({figures[-1]})"]
-            lines += ["", _usage_line(section["usage"]) + ".", "",
-                      "| stage | solutions | final \\boxed{} | correct (graded ones) | with code | executions | "
-                      "errors | errors fixed | timeouts | prefix CoT |", "|---|---|---|---|---|---|---|---|---|---|"]
-            for stage, entry in section["stages"].items():
-                if "boxed" not in entry:
-                    lines.append(f"| {stage} | {entry['solutions']} | (rows absent; stats.json only) |||||||| ")
-                    continue
-                lines.append(
-                    f"| {stage} | {entry['solutions']} | {fmt_share(entry['boxed'])} | {fmt_share(entry['correct'])} | "
-                    f"{fmt_share(entry['with_code'])} | {entry['executions']} | {entry['execution_errors']} | "
-                    f"{entry['errors_fixed']} | {entry['timeouts']} | "
-                    f"{fmt_share(entry['prefix_cot']) if entry['prefix_cot'] else '-'} |")
-            by_method = [(stage, method, e) for stage, entry in section["stages"].items()
-                         for method, e in (entry.get("by_method") or {}).items()]
-            if by_method:
-                lines += ["", "| stage | method | solutions | correct (graded ones) |", "|---|---|---|---|"]
-                lines += [f"| {stage} | {method} | {e['solutions']} | {fmt_share(e['correct'])} |"
-                          for stage, method, e in by_method]
-
-        heading("Training", run)
-        section = run["training"]
-        if section is None:
-            lines.append(f"Training: {NOT_RUN} (no `stage1/` or `stage2/` log or stats).")
-        else:
-            figures.append(plot_training(section, out_dir, "training" + suffix(run)))
-            lines += ["", f"![training curves]({figures[-1]})", "",
-                      "| stage | init model | finetune | steps | logged losses | first loss | last loss | "
-                      "tokens trained | tokens/s | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
-            for stage, entry in section.items():
-                stats, losses = entry["stats"], entry["curve"]["loss"]
-                lines.append(f"| {stage} | {stats.get('init_model', '-')} | {stats.get('finetune', '-')} | "
-                             f"{stats.get('steps', '-')} | {len(losses)} | "
-                             f"{f'{losses[0][1]:.4f}' if losses else '-'} | {f'{losses[-1][1]:.4f}' if losses else '-'} | "
-                             f"{stats.get('tokens_trained', '-')} | {stats.get('tokens_per_second', '-')} | "
-                             f"{stats.get('seconds', '-')} |")
-
-    entries = [entry for run in runs for entry in run["evaluation"]]
-    lines += ["", "## Accuracy per benchmark and mode", ""]
-    if not entries:
-        lines.append(f"Evaluation: {NOT_RUN} (no `metrics.json` with a benchmark and a mode in any run).")
-    else:
-        figures.append(plot_accuracy(entries, out_dir))
-        lines += [f"![accuracy]({figures[-1]})", ""] + accuracy_grid(entries) + ["",
-                  "| run | model | benchmark | mode | n | correct | accuracy % | 95 % CI | from | manifest |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        by_run = {run["provenance"]["run"]: run["provenance"] for run in runs}
-        for e in sorted(entries, key=lambda e: (e["run"], e["role"], e["benchmark"], e["mode"])):
-            a = e["accuracy"]
-            flag = " (contaminated)" if e["contaminated"] else ""
-            mismatch = "" if e["source"] != "trajectories" or e["metrics_correct"] == a["successes"] else \
-                f"; metrics.json says {e['metrics_correct']}"
-            lines.append(f"| {e['run']} | {e['role']}: `{e['model']}` | {e['benchmark']}{flag} | {e['mode']} | {a['n']} | "
-                         f"{a['successes']} | {_pct(a['share'])} | {_pct(a['ci95'][0])}-{_pct(a['ci95'][1])} | "
-                         f"{e['source']}{mismatch} | {cite(by_run[e['run']])} |")
-    paper = analysis["paper"]
-    lines += ["", "### The paper's numbers, at the paper's scale (not ours)", "",
-              f"Accuracy % as reported in {paper['citation']}. 7B-70B models trained on the paper's full data; "
-              "shown for orientation, not comparable to a small run. Paper numbers for the other benchmarks "
-              "(GSM-Hard, SVAMP, TabMWP, ASDiv, MAWPS) are not included.", "",
-              "| model (paper) | " + " | ".join(b.upper() for b in paper["benchmarks"]) + " |",
-              "|---|" + "---|" * len(paper["benchmarks"])]
-    lines += [f"| {m['name']} | " + " | ".join(f"{m[b]:.1f}" for b in paper["benchmarks"]) + " |"
-              for m in paper["models"]]
-
-    lines += ["", "## Error analysis", ""]
-    with_rows = [e for e in entries if e["errors"]]
-    if not with_rows:
-        lines.append(f"Error analysis: {NOT_RUN} (no trajectories).")
-    else:
-        figures.append(plot_errors(entries, out_dir))
-        lines += [f"![errors]({figures[-1]})", "",
-                  "| run | model | benchmark | mode | executions | execution errors | timeouts | no extracted answer | "
-                  "errors by type | rounds used | finish |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for e in sorted(with_rows, key=lambda e: (e["run"], e["role"], e["benchmark"], e["mode"])):
-            r = e["errors"]
-            lines.append(
-                f"| {e['run']} | {e['role']} | {e['benchmark']} | {e['mode']} | {r['executions']} | "
-                f"{fmt_share(r['execution_errors'])} | {fmt_share(r['timeouts'])} | {fmt_share(r['no_answer'])} | "
-                + (", ".join(f"{k} {v}" for k, v in r["by_exception"].items()) or "-") + " | "
-                + ", ".join(f"{k}: {v}" for k, v in r["rounds"].items()) + " | "
-                + ", ".join(f"{k} {v}" for k, v in r["finish"].items()) + " |")
-        lines += ["", "A few failing trajectories (those with an execution error first; the notebook shows more):", ""]
-        examples = [(e, example) for e in with_rows for example in e["errors"]["failing"]]
-        examples.sort(key=lambda pair: (pair[1]["last_error"] is None, pair[0]["mode"] != "tir"))  # stable sort
-        for e, example in examples[:max(3, len(runs))]:  # a few, to keep the report to a page
-            tail = example["generation_tail"].replace("`", "'").replace("\n", " ")[-240:]
-            lines.append(f"- {e['role']} {e['benchmark']}/{e['mode']} `{example['id']}`: gold "
-                         f"`{example['answer']}`, extracted `{example['pred']}`, finish {example['finish']}, "
-                         f"{example['rounds']} rounds" + (f", last error `{example['last_error']}`"
-                                                          if example["last_error"] else "") + f"; ends: \"...{tail}\"")
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    write_json(out_dir / "analysis.json",
-               {key: value for key, value in analysis.items() if key not in ("figures", "report")})
-    return figures, str(report)

@@ -25,13 +25,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-
-@dataclass
-class Completion:
-    text: str
-    finish: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+# the completion primitives live in `completions` (the engine uses them too); re-exported for callers
+from .completions import Completion, complete_with_submit, cut_at_stop, eos_token_ids  # noqa: F401
 
 
 @dataclass
@@ -40,12 +35,6 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-
-
-def cut_at_stop(text, stop):
-    """Text before the earliest stop string, and whether one was found."""
-    cuts = [text.find(marker) for marker in stop if marker and marker in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
 
 
 class TransformersBackend:
@@ -105,45 +94,7 @@ class TransformersBackend:
         return completions
 
     def _eos_ids(self):
-        return _eos_ids(self.model, self.tokenizer)
-
-
-def _eos_ids(model, tokenizer):
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids])
-    ids.add(tokenizer.eos_token_id)
-    ids.discard(None)
-    return ids
-
-
-def complete_with_submit(backend, prompts, sampling, stop=(), on_result=None, progress=False):
-    """`complete` for a backend that has `submit`: everything in flight at once, results in order."""
-    results = [None] * len(prompts)
-    done = threading.Semaphore(0)
-    bar = tqdm(total=len(prompts), desc="generate", disable=not progress or len(prompts) < 2, leave=False)
-    lock = threading.Lock()
-
-    def receive(index, result):
-        results[index] = result
-        if on_result is not None and not isinstance(result, BaseException):
-            with lock:
-                on_result(index, result)
-        done.release()
-
-    seen = {}
-    for index, prompt in enumerate(prompts):
-        text = prompt.cache_text() if hasattr(prompt, "cache_text") else prompt
-        seen[text] = seen.get(text, -1) + 1
-        backend.submit(prompt, sampling, stop, lambda result, index=index: receive(index, result), index=index,
-                       sample_index=seen[text])
-    for _ in prompts:
-        done.acquire()
-        bar.update()
-    bar.close()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
+        return eos_token_ids(self.model, self.tokenizer)
 
 
 class BatchSubmitter:

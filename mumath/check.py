@@ -38,6 +38,7 @@ def _benchmarks(value, params, default_split):
     import json
 
     from .data import DataError, load_benchmark, parse_spec, resolve_source
+    from .grading import is_graded
 
     notes = []
     for spec in value or []:
@@ -49,8 +50,13 @@ def _benchmarks(value, params, default_split):
                 key = (name, split, str(where), stat.st_size, stat.st_mtime_ns,
                        json.dumps(_extra(params), sort_keys=True, default=str))
                 if key not in _ROWS:
-                    _ROWS[key] = len(load_benchmark(name, split, params.get("data_dir"), extra=_extra(params)))
-                notes.append(f"{spec}: {_ROWS[key]} rows from {where}")
+                    records = load_benchmark(name, split, params.get("data_dir"), extra=_extra(params))
+                    _ROWS[key] = (len(records), sum(1 for record in records if not is_graded(record["answer"])))
+                rows, ungraded = _ROWS[key]
+                notes.append(f"{spec}: {rows} rows from {where}")
+                if ungraded:
+                    notes.append(f"WARNING {spec}: {ungraded} of {rows} rows have no gold answer: they will be "
+                                 f"ungraded (left out of the accuracy, counted as 'ungraded')")
             else:
                 notes.append(f"{spec}: from the hub ({where['path']}), not fetched by check")
         except DataError as error:
@@ -113,6 +119,29 @@ def check_prompt_dir(value, params):
             raise ParamsError(f"prompt folder {folder}: 'few_shot' is {needed} but fewshot_{mode}.jsonl "
                               f"has {have} examples")
     return [f"prompt folder {folder}: {len(templates)} templates ok"]
+
+
+# Allowed ranges of numeric parameters, whichever step has them: name -> (lowest, highest); None is open.
+# A value of None (null: "all" / "the default") is always allowed. `limit: -1` used to pass `check` and fail
+# at run time with "Sample larger than population or is negative", naming neither file nor key.
+RANGES = {"limit": (1, None), "few_shot": (0, None), "n_samples": (1, None), "max_new_tokens": (1, None),
+          "max_rounds": (1, None), "batch_size": (1, None), "max_concurrency": (1, None), "chunk_size": (1, None),
+          "exec_workers": (1, None), "exec_timeout": (0.001, None), "exec_memory_mb": (16, None),
+          "temperature": (0.0, None), "top_p": (0.001, 1.0), "bag_jaccard": (0.01, 1.0)}
+
+
+def check_range(name, value):
+    low, high = RANGES[name]
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []  # types are `config.load_params`' job
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ParamsError(f"{value!r} is out of range: must be {allowed}" + (" (or null)" if name == "limit" else ""))
+    return []
+
+
+for _name in RANGES:
+    checks(_name)(lambda value, params, _name=_name: check_range(_name, value))
 
 
 def check_plan(params_file, plan):

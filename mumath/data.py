@@ -1,7 +1,9 @@
-"""Benchmarks as registry entries (``benchmarks.yaml``) -> normalized records.
+"""Benchmarks as registry entries (``eval_sets.yaml``) -> normalized records.
 
 Every record is ``{id, question, answer, source, meta}``; ``meta["choices"]`` holds multiple-choice
-options where the benchmark has them (a list, or one string like ``"A) 3 B) 5 C) 10"``).
+options where the benchmark has them (a list, or one string like ``"A) 3 B) 5 C) 10"`` or MathQA's
+``"a ) 12 , b ) 16"``, split into a list). A row whose gold answer is empty or null gets ``answer: None``:
+it is `ungraded` (left out of accuracy, counted apart; docs/user-benchmarks.md).
 
 Where a split's rows come from, first match wins: an absolute ``local`` path; ``data_dir`` (the parameter,
 else ``$MUMATH_DATA_DIR``) holding the ``local`` file; the copy shipped inside the package
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from .grading import extract_boxed, split_options
+from .grading import extract_boxed, format_options, is_graded, option_letter, split_options
 from .records import open_text
 
-REGISTRY_FILE = Path(__file__).with_name("benchmarks.yaml")
+REGISTRY_FILE = Path(__file__).with_name("eval_sets.yaml")
 SHIPPED_DATA = Path(__file__).with_name("benchmark_data")
 DATA_DIR_ENV = "MUMATH_DATA_DIR"
 HUB_PREFIX = "hf://datasets/"
@@ -55,8 +57,15 @@ def _as_is(value):
     return str(value).strip()
 
 
+def _option_index(value):
+    try:
+        return option_letter(value)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+
+
 ANSWER_PARSERS = {"as_is": _as_is, "after_hash": _after_hash, "leading_number": _leading_number,
-                  "last_boxed": _last_boxed}
+                  "last_boxed": _last_boxed, "option_index": _option_index}
 
 
 def _tabmwp_question(row):
@@ -71,7 +80,7 @@ def _tabmwp_question(row):
 
 QUESTION_BUILDERS = {"tabmwp": _tabmwp_question}
 
-ENTRY_KEYS = {"splits", "question", "answer", "answer_parser", "id", "meta", "choices"}
+ENTRY_KEYS = {"splits", "question", "answer", "answer_parser", "id", "meta", "choices", "choices_in_question"}
 SPLIT_KEYS = {"local", "hub", "exclude"}
 
 
@@ -106,6 +115,10 @@ def validate_entry(name, entry, where):
     parser = entry.get("answer_parser", "as_is")
     if parser not in ANSWER_PARSERS:
         raise DataError(f"{where}.{name}.answer_parser: '{parser}' is not one of {sorted(ANSWER_PARSERS)}")
+    if entry.get("choices_in_question") and not entry.get("choices"):
+        raise DataError(f"{where}.{name}.choices_in_question: needs 'choices' (the field holding the options)")
+    if parser == "option_index" and not entry.get("choices"):
+        raise DataError(f"{where}.{name}.answer_parser: 'option_index' needs 'choices' (the options it indexes)")
     question = entry["question"]
     if isinstance(question, dict) and question.get("builder") not in QUESTION_BUILDERS:
         raise DataError(f"{where}.{name}.question.builder: not one of {sorted(QUESTION_BUILDERS)}")
@@ -212,16 +225,20 @@ def normalize_rows(name, split, entry, rows, where):
         if entry["answer"] not in row:
             raise DataError(f"{row_where}: field '{entry['answer']}' missing "
                             f"(it has {sorted(k for k in row if not k.startswith('_'))})")
-        try:
-            answer = parser(row[entry["answer"]])
-        except DataError as error:
-            raise DataError(f"{row_where}: {error}") from error
+        answer = None  # no gold (empty or null): the item is ungraded
+        if is_graded(row[entry["answer"]]):
+            try:
+                answer = parser(row[entry["answer"]])
+            except DataError as error:
+                raise DataError(f"{row_where}: {error}") from error
         meta = {key: row[key] for key in entry.get("meta", []) if key in row}
         if entry.get("choices") and row.get(entry["choices"]):
             meta["choices"] = split_options(row[entry["choices"]])
+        question = build_question(row, entry["question"], row_where)
+        if entry.get("choices_in_question") and meta.get("choices"):
+            question += "\nOptions: " + format_options(meta["choices"])
         record_id = str(row[entry["id"]]) if entry.get("id") and entry["id"] in row else row["_key"]
-        records.append({"id": f"{name}/{split}/{record_id}",
-                        "question": build_question(row, entry["question"], row_where),
+        records.append({"id": f"{name}/{split}/{record_id}", "question": question,
                         "answer": answer, "source": f"{name}/{split}", "meta": meta})
     return records
 

@@ -34,7 +34,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .backends import Completion, cut_at_stop, _eos_ids, complete_with_submit
+from .completions import Completion, complete_with_submit, cut_at_stop, eos_token_ids
 
 
 @dataclass
@@ -188,7 +188,7 @@ class Engine:
         self.identity = f"transformers:{getattr(model, 'name_or_path', '') or model.config.name_or_path}"
         self.model, self.tokenizer, self.progress = model, tokenizer, progress
         self.max_batch_requests, self.max_prefill_tokens = max_batch_requests, max_prefill_tokens
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         layers = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
         if layers != {"DynamicLayer"}:  # sliding-window or linear-attention layers keep other state

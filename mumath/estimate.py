@@ -86,14 +86,13 @@ def model_billions(name, default):
 
 def measured_usage(run_dir):
     """Token counts and keep shares measured in a finished run (only those it has), with their sources."""
-    from .analysis import read_json
-    from .records import read_jsonl
+    from .records import read_json, read_jsonl
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ParamsError(f"--usage-from {run_dir}: not a run folder")
     found, sources = {}, {}
-    stats = read_json(run_dir / "augment" / "stats.json") or {}
+    stats = read_json(run_dir / "augment" / "stats.json", missing_ok=True) or {}
     step = ((stats.get("usage") or {}).get("by_step") or {}).get("augment") or {}
     if step.get("requests"):
         found["augment_prompt_tokens"] = step["prompt_tokens"] / step["requests"]
@@ -122,7 +121,7 @@ def measured_usage(run_dir):
             completion / len(rows)
         found["few_shot_example_tokens"] = 0  # measured prompts already hold the run's few-shot examples
         sources[f"synthesize-{stage} tokens"] = f"{run_dir}/synthesize/{stage}.jsonl ({len(rows)} solutions)"
-    funnel = read_json(run_dir / "filter" / "funnel.json") or {}
+    funnel = read_json(run_dir / "filter" / "funnel.json", missing_ok=True) or {}
     steps = list((funnel.get("stages") or {}).values())
     rows_in = sum(s.get("input", 0) for s in steps)
     if rows_in:
@@ -130,7 +129,7 @@ def measured_usage(run_dir):
         sources["filter keep share"] = f"{run_dir}/filter/funnel.json ({rows_in} rows)"
     per_mode = {}
     for path in sorted((run_dir / "evaluate").rglob("metrics.json")) if (run_dir / "evaluate").exists() else []:
-        metrics = read_json(path) or {}
+        metrics = read_json(path, missing_ok=True) or {}
         if metrics.get("n") and metrics.get("mode"):
             entry = per_mode.setdefault(metrics["mode"], [0, 0])
             entry[0] += metrics.get("completion_tokens", 0)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .backends import Sampling
-from .grading import extract_answer, is_equivalent
+from .grading import extract_answer, is_equivalent, is_graded
 from .prompts import build_messages, prompt_files_fingerprint
 from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
@@ -166,7 +166,8 @@ def metrics_from_disk(out_dir, records, fingerprint, n_samples=1):
 
 def trajectory_row(record, sample, trajectory, mode, benchmark):
     pred = extract_answer(trajectory.generation)
-    correct = is_equivalent(pred, record["answer"], record["meta"].get("choices"))
+    correct = is_equivalent(pred, record["answer"], record["meta"].get("choices")) \
+        if is_graded(record["answer"]) else None  # no gold: ungraded, not wrong
     return {"id": record["id"], "sample": sample, "benchmark": benchmark, "mode": mode,
             "question": record["question"], "answer": record["answer"], "pred": pred, "correct": correct,
             **trajectory.to_dict()}
@@ -201,30 +202,34 @@ def majority_answer(rows):
 
 
 def compute_metrics(rows, n_samples=1):
-    first = [row for row in rows if row["sample"] == 0]
+    """Accuracy over the graded problems (`n`); `ungraded` counts those without a gold answer."""
+    everything = [row for row in rows if row["sample"] == 0]
+    first = [row for row in everything if row["correct"] is not None]
     n = len(first)
     correct = sum(row["correct"] for row in first)
     low, high = wilson_interval(correct, n)
-    executions = [execution for row in first for execution in row["executions"]]
+    executions = [execution for row in everything for execution in row["executions"]]
     metrics = {
         "n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": [low, high],
+        "ungraded": len(everything) - n,
         "executions": len(executions),
         "execution_errors": sum(1 for execution in executions if execution["error"]),
         "execution_timeouts": sum(1 for execution in executions if execution["timed_out"]),
-        "no_answer": sum(1 for row in first if row["pred"] is None),
-        "mean_rounds": sum(row["rounds"] for row in first) / n if n else 0.0,
-        "finish": dict(Counter(row["finish"] for row in first)),
+        "no_answer": sum(1 for row in everything if row["pred"] is None),
+        "mean_rounds": sum(row["rounds"] for row in everything) / len(everything) if everything else 0.0,
+        "finish": dict(Counter(row["finish"] for row in everything)),
         "prompt_tokens": sum(row["prompt_tokens"] for row in rows),
         "completion_tokens": sum(row["completion_tokens"] for row in rows),
     }
     if n_samples > 1:
         by_problem = {}
         for row in rows:
-            by_problem.setdefault(row["id"], []).append(row)
+            if row["correct"] is not None:
+                by_problem.setdefault(row["id"], []).append(row)
         votes = [majority_answer(group)[1] for group in by_problem.values()]
         metrics[f"maj@{n_samples}"] = sum(votes) / len(votes) if votes else 0.0
         metrics[f"pass@{n_samples}"] = sum(any(r["correct"] for r in group)
-                                           for group in by_problem.values()) / len(by_problem)
+                                           for group in by_problem.values()) / len(by_problem) if by_problem else 0.0
     return metrics
 
 
@@ -296,4 +301,16 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
             results += evaluate_suites(engine, executor, jobs, config, progress=progress,
                                        extra_metrics=contaminated)
     write_json(Path(run_dir) / step_name / "summary.json", results)
+    warn_ungraded(results)
     return results
+
+
+def warn_ungraded(results):
+    """At the step's end: which benchmarks had items without a gold answer (left out of their accuracy)."""
+    import warnings
+
+    for metrics in results:
+        if metrics.get("ungraded"):
+            warnings.warn(f"{metrics['benchmark']} ({metrics['mode']}): {metrics['ungraded']} item(s) have no gold "
+                          f"answer: marked ungraded and left out of the accuracy (over {metrics['n']} graded)",
+                          UserWarning, stacklevel=2)

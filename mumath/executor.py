@@ -4,12 +4,20 @@
 numpy and friends once, then forks a fresh child per snippet, so a snippet costs a fork, not an
 interpreter start plus a sympy import.
 
-The layers, outermost first (README, "The sandbox", has the table of attacks and tests/test_sandbox_attacks.py
-a test for each):
-- namespaces: each worker starts under `unshare` in its own user (root mapped to the caller's uid), pid, mount
-  and network namespaces with a fresh /proc: a snippet sees no process outside its sandbox (so no caller's
-  /proc/<pid>/environ), and has no network. Where the kernel refuses (some containers), a warning, and a root
-  caller's snippets run as `nobody` instead (so root's /proc/<pid>/environ stays closed to them);
+The layers, outermost first (docs/sandbox-isolation.md has the table of what each covers and what it does not,
+and tests/test_sandbox_attacks.py a test for each attack):
+- namespaces: each worker starts under `unshare` in its own user, pid, mount and network namespaces with a fresh
+  /proc: a snippet sees no process outside its sandbox (so no caller's /proc/<pid>/environ), and has no network;
+- the snippet's identity: a root caller maps two ids into the user namespace, 0 (the worker) and
+  SNIPPET_ID, which is SANDBOX_HOST_ID on the host, a uid and gid that own nothing; the snippet runs as it, so
+  the host's mode-600 files are closed to it even where it can see them. (A non-root caller may map only its
+  own uid: its snippets keep it, and the private root alone hides its files);
+- the private root: the worker pivots into a size-capped tmpfs (`disk_mb`) holding read-only binds of the
+  system folders and of this Python with its packages, four devices and a fresh /proc. The host's /tmp, /home,
+  /root, /run, the project and other snippets' folders do not exist there, nor do pathname unix sockets, and
+  the tmpfs is the only writable place (a full disk is ENOSPC for this snippet only);
+  Where the kernel refuses any of this (some containers), a warning, and a root caller's snippets run as
+  `nobody` instead (so root's /proc/<pid>/environ and mode-600 files stay closed to them);
 - the channel: requests and replies are framed (magic, length, JSON) and every reply must carry the nonce of
   its request; the snippet's child holds no descriptor of it (it reports through a pipe of its own) and the
   worker is not dumpable (no /proc/<worker>/fd). Anything else on the channel fails that one snippet, and the
@@ -21,8 +29,10 @@ a test for each):
   RLIMIT_CPU/FSIZE/CORE, a minimal environment, Landlock (writes only beneath its folder, no TCP, no
   signals out of its domain); a wall-clock `timeout` after which the worker, a subreaper, kills its whole tree.
 
-Not covered: reading files the caller's uid may read (root: every file); a kernel or Landlock escape.
-Use a VM or container when the threat is more than a confused or malicious model.
+Not covered: what everybody may read in the system folders and the Python install; without namespaces, the
+host's files the snippet's uid may read, other snippets' folders, pathname unix sockets and the disk (per file
+only); a kernel, namespace or Landlock escape. Use a VM or container when the threat is more than a confused
+or malicious model.
 """
 import atexit
 import itertools
@@ -42,7 +52,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .sandbox_worker import FRAME_HEADER, FRAME_MAGIC, MAX_FRAME_BYTES, descendants_of
+from .sandbox_worker import FRAME_HEADER, FRAME_MAGIC, MAX_FRAME_BYTES, SNIPPET_ID, descendants_of
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 PREIMPORT = ["math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
@@ -50,10 +60,17 @@ PREIMPORT = ["math", "cmath", "fractions", "decimal", "itertools", "functools", 
 SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-# Each worker gets its own user (mapped to the caller's uid), pid, mount and network namespaces and a fresh
-# /proc: a snippet sees only the sandbox's processes and has no network but an unconfigured loopback.
-NAMESPACE_COMMAND = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--mount-proc",
-                     "--net", "--"]
+# Each worker gets its own user, pid, mount and network namespaces and a fresh /proc: a snippet sees only the
+# sandbox's processes and has no network but an unconfigured loopback. A non-root caller maps its uid to the
+# namespace's root (`--map-root-user`, inserted after `--user`); a root caller writes the maps itself
+# (`_map_identities`), with a second identity for the snippets.
+NAMESPACE_COMMAND = ["unshare", "--user", "--pid", "--fork", "--mount", "--mount-proc", "--net", "--"]
+# Under a root caller the worker waits in `sh` until its maps are written: a program exec'd before that would
+# start without capabilities in the namespace (its uid is not mapped yet).
+WAIT_FOR_MAPS = ["sh", "-c", 'read -r go && exec "$@"', "sh"]
+# The host uid and gid a root caller's snippets run as: an id no account and no file has (check with
+# `find / -uid 2147000000`), so a snippet can read only what everybody may read.
+SANDBOX_HOST_ID = 2147000000
 
 @dataclass
 class ExecutionResult:
@@ -87,16 +104,25 @@ class Worker:
     def __init__(self, limits, namespaces):
         self.root = tempfile.mkdtemp(prefix="mumath-sandbox-")
         self.cgroups = _make_cgroups(limits)
+        root_caller = os.geteuid() == 0
+        private = bool(namespaces) and limits.get("isolate_files", True)
         limits = dict(limits, namespaces=bool(namespaces), cgroups=[path for path, _, _ in self.cgroups],
                       memory_cgroup=_oom_events_file(self.cgroups) is not None,
-                      oom_events=_oom_events_file(self.cgroups))
+                      oom_events=_oom_events_file(self.cgroups), private_root=private,
+                      snippet_identity=private and root_caller)
         self.memory_limit = "cgroup" if limits["memory_cgroup"] else "rlimit"
         env = dict(SAFE_ENV, HOME=self.root, TMPDIR=self.root)
         command = [sys.executable, "-I", WORKER_SCRIPT, self.root, json.dumps(limits)]
+        if namespaces:
+            prefix = list(NAMESPACE_COMMAND)
+            if root_caller:
+                command = WAIT_FOR_MAPS + command
+            else:
+                prefix[1:1] = ["--map-root-user"]
+            command = prefix + command
         try:
             self.process = subprocess.Popen(
-                (NAMESPACE_COMMAND if namespaces else []) + command,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                 cwd=self.root, start_new_session=True, bufsize=0)
         except OSError:
             for path, _, _ in self.cgroups:
@@ -104,15 +130,30 @@ class Worker:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
         try:
+            if namespaces and root_caller:
+                self._map_identities()
             hello = self._read_frame(time.monotonic() + 120)
             if hello.get("id") != "hello" or not hello.get("ready"):
-                raise ProtocolError("no greeting")
-        except ProtocolError:
+                raise ProtocolError(str(hello.get("error") or "no greeting"))
+        except (ProtocolError, OSError) as exc:
             self.kill()
-            raise RuntimeError("sandbox worker did not start (see mumath/sandbox_worker.py)") from None
+            raise RuntimeError(f"sandbox worker did not start ({exc}; see mumath/sandbox_worker.py)") from None
         self.landlock_abi = int(hello.get("landlock_abi", 0))
         # The Python worker itself: under `unshare --fork` it is the child of the process we started.
         self.pid = _only_child(self.process.pid) if namespaces else self.process.pid
+
+    def _map_identities(self, wait_s=10.0):
+        """A root caller's user namespace: 0 stays root (the worker, which builds the private root), and
+        SNIPPET_ID is SANDBOX_HOST_ID on the host: the snippets' identity. Then the waiting `sh` may go on."""
+        own, deadline = os.readlink("/proc/self/ns/user"), time.monotonic() + wait_s
+        while os.readlink(f"/proc/{self.process.pid}/ns/user") == own:  # until `unshare` has unshared
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise ProtocolError("unshare did not create the user namespace")
+            time.sleep(0.001)
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{self.process.pid}/{name}", "w") as handle:
+                handle.write(f"0 0 1\n{SNIPPET_ID} {SANDBOX_HOST_ID} 1\n")
+        self.process.stdin.write(b"go\n")
 
     def _read_exactly(self, size, deadline):
         fd, data = self.process.stdout.fileno(), b""
@@ -188,12 +229,17 @@ class SandboxPool:
     """A pool of sandbox workers; `execute` and `execute_many` are safe to call from many threads.
 
     `namespaces`: None (the default) uses user+pid+mount+net namespaces where the kernel allows them and
-    warns once where it does not; False never uses them."""
+    warns once where it does not; False never uses them. With namespaces, `disk_mb` caps the snippet's
+    writable tmpfs (its files and its stdout), and `isolate_files=False` leaves out the private root and the
+    snippet identity (the sandbox before they existed: for benchmarks/executor.py's comparison only)."""
 
     def __init__(self, workers=2, timeout=10.0, memory_mb=1024, max_output_chars=4000,
-                 max_file_bytes=16 * 2**20, max_processes=64, preimport=None, namespaces=None):
+                 max_file_bytes=16 * 2**20, max_processes=64, preimport=None, namespaces=None, disk_mb=64,
+                 isolate_files=True):
         self.timeout = float(timeout)
-        self.limits = {"timeout": self.timeout, "memory_mb": int(memory_mb),
+        self.disk_mb = int(disk_mb)
+        self.limits = {"timeout": self.timeout, "memory_mb": int(memory_mb), "disk_mb": self.disk_mb,
+                       "isolate_files": bool(isolate_files),
                        "max_output_chars": int(max_output_chars), "max_file_bytes": int(max_file_bytes),
                        "max_processes": self._process_cap(max_processes),
                        "preimport": PREIMPORT if preimport is None else list(preimport)}
@@ -269,20 +315,30 @@ _namespace_support = {}
 def namespaces_available():
     """Whether this kernel lets us start a worker in its own namespaces (probed once); warns once if not."""
     if "ok" not in _namespace_support:
-        try:
-            probe = subprocess.run(NAMESPACE_COMMAND + [sys.executable, "-I", "-c", "pass"], env=dict(SAFE_ENV),
-                                   capture_output=True, timeout=30)
-            ok, reason = probe.returncode == 0, probe.stderr.decode(errors="replace").strip()[-300:]
-        except (OSError, subprocess.SubprocessError) as exc:
-            ok, reason = False, str(exc)
+        try:  # the whole thing: namespaces, identity maps, private root (a worker that imports nothing)
+            Worker({"timeout": 5.0, "memory_mb": 256, "disk_mb": 1, "max_output_chars": 100,
+                    "max_file_bytes": 2**20, "max_processes": 64, "preimport": []}, True).kill()
+            ok, reason = True, ""
+        except (OSError, RuntimeError) as exc:
+            ok, reason = False, str(exc)[-300:]
         _namespace_support["ok"] = ok
         if not ok:
             warnings.warn(
                 "mumath sandbox: user/pid/mount/net namespaces are not available here "
                 f"({reason or 'unshare failed'}); snippets run without them, so they can see other processes "
-                "in /proc (as root they run as 'nobody', so they cannot read root's /proc/<pid>/environ) and "
-                "the network is closed by Landlock alone. See README, 'The sandbox'.", RuntimeWarning, stacklevel=3)
+                "in /proc (as root they run as 'nobody', so they cannot read root's /proc/<pid>/environ), "
+                "the host's files and other snippets' folders (what their uid may read), pathname unix "
+                "sockets, and the disk is capped per file only; the network is closed by Landlock alone. "
+                "See docs/sandbox-isolation.md.", RuntimeWarning, stacklevel=3)
     return _namespace_support["ok"]
+
+
+def _owner(pid):
+    """The uid owning /proc/<pid> (None if the process is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def _only_child(pid, wait_s=5.0):

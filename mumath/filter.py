@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .decontaminate import CONTAMINATION_FILE, build_index, normalize_words
+from .decontaminate import BAG_MIN_WORDS, CONTAMINATION_FILE, build_index, normalize_words
 from .records import RecordsError, iter_jsonl, jsonl_writer, write_json
 from .grading import extract_answer, extract_boxed, is_equivalent, normalize, to_number
-from .synthesize import has_prefix_cot
-from .tir import OUTPUT_MARKER
+from .tir import OUTPUT_MARKER, has_prefix_cot
 
 FILTERS = ("contaminated", "duplicate_question", "format", "length", "answer", "duplicate_solution", "cap")
 STAGE_OUTPUTS = {"cot": "stage1", "tir": "stage2"}  # synthesize/<stage>.jsonl -> filter/<output>.jsonl
@@ -65,6 +64,7 @@ class FilterConfig:
     proxy_questions: int = 2000     # questions with a reference on which the pseudo-answer precision is measured
     ngram: int = 13                 # decontamination word n-gram (13: Qwen2-Math; 10: DeepSeekMath)
     ngram_same_numbers: bool = True  # an n-gram match counts only between questions with the same numbers
+    bag_jaccard: float = 0.7        # word-order-free decontamination: Jaccard of content words (None: off)
     keep_overlapping_with: tuple = ()
 
 
@@ -296,7 +296,8 @@ class NearDuplicates:
             self.extra[key] = extra
 
 
-def question_numbers(words):
+def numeric_words(words):
+    """A question's normalized words that are numbers, sorted: near-duplicates must share them."""
     return tuple(sorted(word for word in words if word[0].isdigit()))
 
 
@@ -387,7 +388,7 @@ class _Pass1:
         else:
             self.exact_questions[key] = qid
             signature = self.questions.signature(words)
-            numbers = question_numbers(words)
+            numbers = numeric_words(words)
             near = self.questions.find(signature, numbers)
             if near is not None:
                 verdict = ("duplicate_question", f"near duplicate of question {near}")
@@ -619,7 +620,8 @@ def _contamination_report(index, unavailable, overlap, keep, n):
             "action": "kept (keep_overlapping_with)" if name in keep else "dropped",
             "by_match": dict(entry["by_match"]) if entry else {},
             "examples": entry["examples"] if entry else []}
-    return {"ngram": n, "checked": bool(index), "benchmarks": benchmarks, "unavailable": unavailable,
+    return {"ngram": n, "bag_jaccard": index.bag_jaccard if index else None, "bag_min_words": BAG_MIN_WORDS,
+            "checked": bool(index), "benchmarks": benchmarks, "unavailable": unavailable,
             "contaminated_for": sorted(name for name, entry in benchmarks.items() if entry["kept_rows"])}
 
 
@@ -632,7 +634,7 @@ def run_filter(run_dir, synth_dir=None, data_dir=None, extra_benchmarks=None, de
     files = input_files(synth_dir or Path(run_dir) / "synthesize")
     inputs = [str(path) for path in files.values()]
     index, unavailable = build_index(config.ngram, data_dir, extra_benchmarks, decontaminate_benchmarks, inputs,
-                                     config.ngram_same_numbers)
+                                     config.ngram_same_numbers, config.bag_jaccard)
     for name, reason in unavailable.items():
         print(f"warning: decontamination could not check '{name}': {reason}")
     counter = TokenCounter.from_spec(tokenizer) if config.max_tokens is not None else None

@@ -145,27 +145,51 @@ def numbers_match(pred, gold, rel_tol=1e-4, abs_tol=1e-6):
     return math.isclose(pred, gold, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
-OPTION_LABEL = re.compile(r"(?:^|(?<=[\s,;]))\(?([A-J])\s*[).:]\s*")
+OPTION_LABEL = re.compile(r"(?:^|(?<=[\s,;]))\(?([A-Ja-j])\s*[).:]\s*")
+
+
+def _label_cuts(matches, first):
+    """The matches that label options `first`, `first`+1, ... in order (upper- or lowercase, not mixed)."""
+    cuts = []
+    for match in matches:
+        if match.group(1) == chr(ord(first) + len(cuts)):
+            cuts.append(match)
+    return cuts
 
 
 def split_options(value):
-    """Multiple-choice options as a list of their texts: a list stays a list (a leading "A) " on every
-    entry is dropped); one string ``"A) 3 B) 5 C) 10"`` (or ``(A) 3 (B) 5``, ``A. 3, B. 5``) is split at
-    its consecutive letters."""
+    """Multiple-choice options as a list of their texts: a list stays a list (a leading "A) " or "a) " on
+    every entry is dropped); one string ``"A) 3 B) 5 C) 10"`` (or ``(A) 3 (B) 5``, ``A. 3, B. 5``, MathQA's
+    ``a ) 12 , b ) 16``) is split at its consecutive letters."""
     if isinstance(value, (list, tuple)):
         options = [str(option).strip() for option in value]
         labels = [OPTION_LABEL.match(option) for option in options]
-        if options and all(label and label.group(1) == chr(65 + index) for index, label in enumerate(labels)):
-            options = [option[label.end():].strip() for option, label in zip(options, labels)]
+        for first in "Aa":
+            if options and all(label and label.group(1) == chr(ord(first) + index)
+                               for index, label in enumerate(labels)):
+                return [option[label.end():].strip() for option, label in zip(options, labels)]
         return options
-    text, cuts = str(value), []
-    for match in OPTION_LABEL.finditer(text):
-        if match.group(1) == chr(65 + len(cuts)):
-            cuts.append(match)
+    text = str(value)
+    matches = list(OPTION_LABEL.finditer(text))
+    cuts = max((_label_cuts(matches, first) for first in "Aa"), key=len)
     if len(cuts) < 2:
         return [text.strip()]
     ends = [match.start() for match in cuts[1:]] + [len(text)]
     return [text[match.end():end].strip().rstrip(",;").strip() for match, end in zip(cuts, ends)]
+
+
+def option_letter(index):
+    """0 -> 'A': the gold of a benchmark that gives the correct option's position (MMLU's `answer: 2`)."""
+    if isinstance(index, bool) or not isinstance(index, int) and not str(index).strip().isdigit():
+        raise ValueError(f"expected the correct option's 0-based index, got {index!r}")
+    if not 0 <= int(index) < 10:
+        raise ValueError(f"option index {index} is out of range 0-9")
+    return chr(65 + int(index))
+
+
+def format_options(choices):
+    """Options as the model should read them: ``A) 3  B) 5  C) 10``."""
+    return "  ".join(f"{chr(65 + index)}) {choice}" for index, choice in enumerate(choices))
 
 
 def choice_index(answer, choices):
@@ -206,7 +230,8 @@ def math_verify_equal(pred, gold):
 
 
 def is_equivalent(pred, gold, choices=None):
-    """Whether the predicted answer string matches the reference answer string."""
+    """Whether the predicted answer string matches the reference answer string (never for a missing gold:
+    see `is_graded`)."""
     if pred is None or gold is None or str(pred).strip() == "":
         return False
     pred, gold = str(pred), str(gold)
@@ -229,6 +254,11 @@ def is_equivalent(pred, gold, choices=None):
     if choices:
         return False
     return math_verify_equal(normalize(pred), normalize(gold))
+
+
+def is_graded(gold):
+    """Whether an item has a gold answer to grade against; items without one are `ungraded`."""
+    return gold is not None and str(gold).strip() != ""
 
 
 def grade(generation, gold, choices=None):

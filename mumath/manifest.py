@@ -149,6 +149,7 @@ class Manifest:
             "git": git_state(), "packages": package_versions(), "hardware": hardware(),
             "started": now(), "ended": None, "status": "running",
             "steps": previous.get("steps", {}), "inputs": previous.get("inputs", {}),
+            "failed_attempts": previous.get("failed_attempts", []),
         }
         self.add_inputs([params_file])
         self.write()
@@ -189,6 +190,21 @@ class Manifest:
 
     def set_step(self, name, **fields):
         self.data["steps"].setdefault(name, {}).update(fields)
+        self.write()
+
+    def start_attempt(self, attempt):
+        """A re-run of a finished step gets its own entry in `failed_attempts` (dropped if it succeeds), so
+        the step's own entry stays that of its last good run. Returns a `set_step`-like updater for it."""
+        self.data["failed_attempts"].append(attempt)
+        self.write()
+
+        def record(step, **fields):
+            attempt.update(fields)
+            self.write()
+        return record
+
+    def drop_attempt(self, attempt):
+        self.data["failed_attempts"] = [entry for entry in self.data["failed_attempts"] if entry is not attempt]
         self.write()
 
     def finish(self, status):

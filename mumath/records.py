@@ -176,8 +176,12 @@ def write_json(path, data):
     _atomic_write(path, lambda handle: handle.write(text + "\n"))
 
 
-def read_json(path):
+def read_json(path, missing_ok=False):
+    """A JSON file's content; None for a file that does not exist when `missing_ok` (a step not run).
+    A broken file is an error naming it and the line."""
     path = Path(path)
+    if missing_ok and not path.exists():
+        return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from .grading import extract_answer, extract_boxed, is_equivalent
 from .prompts import user_message
-from .tir import format_output
+from .tir import format_output, has_prefix_cot
 
 ANNOTATION = re.compile(r"<<([^<>]*)=([^<>=]*)>>")
 WRITTEN_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -249,7 +249,8 @@ def agrees(value, written):
     return _close(value, target) or (decimals > 0 and _close(round(value, decimals), target))
 
 
-def question_numbers(question):
+def question_values(question):
+    """The numbers written in a question, as floats (commas dropped): literals a solution must keep."""
     return {float(n.replace(",", "")) for n in QUESTION_NUMBER.findall(question)}
 
 
@@ -369,7 +370,7 @@ def _per_step(rationale, boxed):
 
 def _per_solution(rationale, question, final, boxed):
     """One block for the whole solution (later steps use earlier names), printing the final quantity."""
-    protected = question_numbers(question)
+    protected = question_values(question)
     earlier, code, names = [], [], []
     for number, step in enumerate(rationale.steps, 1):
         name = step.name or f"step_{number}"
@@ -404,7 +405,7 @@ def fobar_solution(rationale_text, seed_question, masked_value, seed_answer):
     if final is None:
         raise ConversionError("answer_not_computed", f"no annotated step computes {seed_answer}")
     # The masked number becomes X; other question numbers stay literals; earlier results become names.
-    protected = question_numbers(seed_question) - {masked}
+    protected = question_values(seed_question) - {masked}
     # '80%' of the question is '.8' in the rationale
     percent = re.search(rf"(?<![\d.]){re.escape(str(masked_value))}\s*(?:%|percent)", seed_question) is not None
     earlier, code, uses_x = [], [], False
@@ -596,8 +597,6 @@ def reference_solutions(questions, seeds, executor, stage, blocks="step", prompt
 
 def _row(question, stage, solution, executions, prompt_dir):
     """One row in exactly the teacher's row format (synthesize.synthesize)."""
-    from .synthesize import has_prefix_cot
-
     pred = extract_answer(solution)
     reference = question.get("answer")
     return {

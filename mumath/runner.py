@@ -14,7 +14,10 @@ its fingerprint is unchanged and its outputs are intact (``--force`` re-runs it)
 
 "Intact" means every file the step had written when it finished is still there, unchanged, and every
 JSONL file is complete (no torn last line). A failing step keeps its partly executed notebook and
-everything already written; later steps do not run.
+everything already written; later steps do not run. A failed re-run of a step that had finished never
+damages its record: the attempt runs into its own notebook (``outputs/<run>/attempts/``) and its own entry
+(the manifest's ``failed_attempts``); the step keeps its last good notebook and manifest entry, and becomes
+the attempt only once the attempt has succeeded.
 """
 import hashlib
 import json
@@ -94,6 +97,14 @@ def reuse_verdict(run_dir, step, params, previous):
     return True, None
 
 
+def attempt_notebook(run_dir, step):
+    """Where a re-run of a finished step writes its notebook: beside the good one, never over it."""
+    folder = Path(run_dir) / "attempts"
+    folder.mkdir(exist_ok=True)
+    stem = Path(executed_notebook_name(step)).stem
+    return folder / f"{stem}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}.ipynb"
+
+
 def describe_failure(error):
     """The exception a step raised, as the person running it needs to read it (not papermill's wrapper)."""
     name, value = getattr(error, "ename", None), getattr(error, "evalue", None)
@@ -125,26 +136,43 @@ def run(params_file, only=None, force=False, outputs=OUTPUTS, log_output=True):
                 manifest.set_step(step, status="reused")
                 continue
             reason = "forced" if force and reusable else why
-            print(f"[mumath] {step}: running {notebook_of(step).name} -> {output}" + (f" ({reason})" if reason else ""),
-                  flush=True)
             started = time.time()
             manifest.take_recorded_inputs()  # what earlier steps recorded is theirs
-            manifest.set_step(step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              fingerprint=None, notebook=str(output), error=None, outputs=None,
-                              git=manifest.data["git"])  # a later `--only` may run at another commit
+            # A step that finished before keeps its notebook and entry until this attempt has succeeded.
+            good_before = previous.get("status") in ("completed", "reused") and output.exists()
+            target = attempt_notebook(run_dir, step) if good_before else output
+            print(f"[mumath] {step}: running {notebook_of(step).name} -> {target}" + (f" ({reason})" if reason else "")
+                  + (f"; {output.name} stays until this attempt succeeds" if good_before else ""), flush=True)
+            attempt = dict(step=step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           fingerprint=None, notebook=str(target), error=None, outputs=None,
+                           git=manifest.data["git"])  # a later `--only` may run at another commit
+            record = manifest.start_attempt(attempt) if good_before else manifest.set_step
+            if not good_before:
+                manifest.set_step(step, **{key: value for key, value in attempt.items() if key != "step"})
             manifest.add_inputs([notebook_of(step)])
             try:
-                execute_notebook(step, params, run_dir, output, log_output)
+                execute_notebook(step, params, run_dir, target, log_output)
             except Exception as error:
-                manifest.set_step(step, status="failed", seconds=round(time.time() - started, 1),
-                                  error=describe_failure(error)[-2000:])
+                record(step, status="failed", seconds=round(time.time() - started, 1),
+                       error=describe_failure(error)[-2000:])
+                if good_before:
+                    print(f"[mumath] {step}: this attempt failed; the step keeps its finished notebook {output} "
+                          f"and manifest entry; the attempt's notebook is {target}", file=sys.stderr)
                 status = "failed"
                 raise
             finally:
                 recorded = manifest.take_recorded_inputs()
-                manifest.set_step(step, recorded_inputs=recorded, data=Manifest.data_origins(recorded, run_dir))
+                record(step, recorded_inputs=recorded, data=Manifest.data_origins(recorded, run_dir))
+            if good_before:
+                target.replace(output)
+                manifest.drop_attempt(attempt)
+                if not any(target.parent.iterdir()):
+                    target.parent.rmdir()  # no failed attempt to keep
             folder = step_output_dir(run_dir, step)
+            manifest.set_step(step, **{key: value for key, value in attempt.items() if key != "step"})
             manifest.set_step(step, status="completed", seconds=round(time.time() - started, 1),
+                              notebook=str(output), recorded_inputs=recorded,
+                              data=Manifest.data_origins(recorded, run_dir),
                               fingerprint=step_fingerprint(step, params, run_dir, recorded),
                               outputs=folder_hashes(folder) if folder.is_dir() else {})
     except BaseException:

@@ -32,6 +32,18 @@ FRAME_HEADER = struct.Struct(">4sI")
 MAX_FRAME_BYTES = 8 * 2**20
 RESULT_FD = 3  # the snippet child's own result pipe; 0, 1, 2 are /dev/null, stdout.txt, stdout.txt
 UNPRIVILEGED_UID = 65534  # "nobody": who a snippet runs as when the caller is root and namespaces are off
+# Inside the user namespace a root caller maps two identities: 0 (the worker, the caller's root) and
+# SNIPPET_ID, mapped by the caller to a host uid and gid that own nothing (executor.SANDBOX_HOST_ID).
+SNIPPET_ID = 1
+SANDBOX_DIR = "/sandbox"  # the worker's folder inside its private root; the snippet's folder is below it
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME,
+            4096: MS_RELATIME}  # statvfs f_flag bits -> mount flags (a remount must keep the locked ones)
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEVICES = ("null", "zero", "random", "urandom")
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
@@ -133,13 +145,95 @@ def set_capabilities(keep=()):
         _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0)
 
 
-def join_cgroups(paths):
+def open_cgroups(limits):
+    """Descriptors of the worker's cgroup files, opened before the private root hides /sys."""
+    limits["cgroup_fds"] = [os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
+                            for path in limits.get("cgroups", [])]
+    if limits.get("oom_events"):
+        limits["oom_events_fd"] = os.open(limits["oom_events"], os.O_RDONLY)
+
+
+def join_cgroups(limits):
     """Move this process (and so everything it forks) into the worker's memory and pids cgroups.
 
     Only the snippet's processes are in them, never the worker, so an out-of-memory kill hits the snippet."""
-    for path in paths:
-        with open(os.path.join(path, "cgroup.procs"), "w") as handle:
-            handle.write(str(os.getpid()))
+    for fd in limits.get("cgroup_fds", []):
+        os.write(fd, str(os.getpid()).encode())
+
+
+def _mount(source, target, fstype, flags, data=None):
+    encode = (lambda text: None if text is None else text.encode())
+    if _libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
+
+
+def _bind_read_only(source, target):
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    _mount(source, target, None, MS_BIND | MS_REC)
+    # A remount in a user namespace must keep the flags the source mount has locked (nosuid, nodev, ...).
+    locked = sum(flag for bit, flag in ST_TO_MS.items() if os.statvfs(source).f_flag & bit)
+    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | locked)
+
+
+def visible_paths():
+    """What a snippet can see of the host, read-only: the system folders and this Python with its packages."""
+    wanted = [path for path in SYSTEM_PATHS if os.path.lexists(path)]
+    wanted += sorted({sys.prefix, sys.base_prefix, sys.exec_prefix} | {path for path in sys.path if
+                                                                           os.path.isdir(path)})
+    chosen = [path for path in wanted if os.path.islink(path) and os.path.dirname(path) == "/"]  # /bin -> usr/bin
+    for path in wanted:
+        if path in chosen:
+            continue
+        real = os.path.realpath(path)
+        if not any(real == done or real.startswith(done.rstrip("/") + "/") for done in
+                   (os.path.realpath(seen) for seen in chosen if not os.path.islink(seen))):
+            chosen.append(path)
+    return chosen
+
+
+def build_private_root(host_dir, limits):
+    """Replace this mount namespace's view of the host by a private root and return the worker's folder in it.
+
+    The root is a tmpfs of `disk_mb` MiB, the only writable place: the snippets' files live there, so they
+    cannot fill the host's disk, and nothing of the host is there but `visible_paths` (read-only), four
+    devices and a fresh /proc. Other snippets' folders, the caller's files and pathname unix sockets
+    (under /tmp, /run, /home, ...) do not exist in it."""
+    _mount("tmpfs", host_dir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(limits['disk_mb'])}m,mode=755")
+    for path in visible_paths():
+        target = host_dir + path
+        if os.path.islink(path) and os.path.dirname(path) == "/":
+            os.symlink(os.readlink(path), target)  # /bin -> usr/bin: the link, not a second mount
+        else:
+            _bind_read_only(path, target)
+    os.makedirs(host_dir + "/dev", exist_ok=True)
+    for device in DEVICES:
+        if os.path.exists(f"/dev/{device}"):
+            open(f"{host_dir}/dev/{device}", "a").close()
+            _mount(f"/dev/{device}", f"{host_dir}/dev/{device}", None, MS_BIND)
+    os.makedirs(host_dir + "/proc")
+    _mount("proc", host_dir + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(host_dir + "/tmp")
+    os.makedirs(host_dir + SANDBOX_DIR)
+    os.chdir(host_dir)
+    if _libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b".") != 0:
+        raise OSError(ctypes.get_errno(), "pivot_root failed")
+    if _libc.umount2(b".", MNT_DETACH) != 0:  # the host's tree, stacked below the new root, goes away
+        raise OSError(ctypes.get_errno(), "cannot detach the host's root")
+    os.chdir("/")
+    return SANDBOX_DIR
+
+
+def become_snippet_identity(workdir):
+    """Inside the user namespace: run as SNIPPET_ID, which the caller mapped to a host uid owning nothing."""
+    os.chown(workdir, SNIPPET_ID, SNIPPET_ID)
+    os.setgroups([])
+    os.setgid(SNIPPET_ID)
+    os.setuid(SNIPPET_ID)
 
 
 def become_nobody(workdir):
@@ -157,7 +251,6 @@ def become_nobody(workdir):
 def confine_child(workdir, limits):
     """Everything a snippet's process gives up before its first line runs."""
     os.setpgid(0, 0)
-    join_cgroups(limits.get("cgroups", []))
     os.chdir(workdir)
     os.environ.update(HOME=workdir, TMPDIR=workdir)
     if "tempfile" in sys.modules:
@@ -177,6 +270,8 @@ def confine_child(workdir, limits):
     drop_capability_bounding_set(keep)
     if keep:
         become_nobody(workdir)
+    elif limits.get("snippet_identity"):
+        become_snippet_identity(workdir)
     set_capabilities(keep)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
@@ -218,8 +313,15 @@ def isolate_descriptors(workdir, result_fd):
 
 def run_snippet(request, workdir, limits, result_fd):
     """Body of the forked child: confine, run prelude and code, report the error (if any) on the result pipe."""
+    try:
+        join_cgroups(limits)  # first: isolate_descriptors closes the cgroup descriptors
+        joined = None
+    except OSError as exc:
+        joined = exc
     isolate_descriptors(workdir, result_fd)
     try:
+        if joined:
+            raise joined
         confine_child(workdir, limits)
     except Exception as exc:  # fail closed: nothing runs unconfined
         report(f"SandboxError: could not confine the snippet: {exc}")
@@ -368,15 +470,15 @@ def reported_error(raw):
 
 def oom_kills(limits):
     """How many processes the memory cgroup's OOM killer has killed so far (None without a memory cgroup)."""
-    path = limits.get("oom_events")
-    if not path:
+    fd = limits.get("oom_events_fd")
+    if fd is None:
         return None
     try:
-        with open(path) as handle:
-            for line in handle:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
+        os.lseek(fd, 0, os.SEEK_SET)
+        for line in os.read(fd, 1 << 16).decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
     except (OSError, ValueError):
         pass
     return None
@@ -458,6 +560,13 @@ def write_frame(fd, message):
 def main():
     root, limits = sys.argv[1], json.loads(sys.argv[2])
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    open_cgroups(limits)
+    if limits.get("private_root"):
+        try:
+            root = build_private_root(root, limits)
+        except OSError as exc:  # fail closed: the caller falls back (with its warning) or gives up
+            write_frame(os.dup(1), {"id": "hello", "ready": False, "error": f"private root: {exc}"})
+            return
     # Not dumpable: a snippet (same uid, no capabilities) cannot open /proc/<worker>/fd/* or environ.
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for module in limits.get("preimport", []):

@@ -5,7 +5,7 @@ the trainer (packing or padding, checkpoints, logs), the final folder (plain saf
 tokenizer and chat template: what evaluation and vLLM load), and the launcher (in-process, or
 `accelerate launch` for several processes: DeepSpeed ZeRO-3, FSDP2, or gloo on CPU).
 
-Examples are pre-tokenized with their loss mask (`mumath.train`); TRL keeps a given `labels` column as is,
+Examples are pre-tokenized with their loss mask (`mumath.sft_examples`); TRL keeps a given `labels` column as is,
 through packing too. Stage 2 starts from stage 1's final folder, which is always a merged, plain model:
 with LoRA the stage-1 adapter is merged first and stage 2 trains a new adapter.
 """
@@ -463,7 +463,7 @@ def train(config, print_fn=print):
     """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
-    from .train import build_examples, ensure_chat_template, load_rows
+    from .sft_examples import build_examples, ensure_chat_template, load_rows
 
     config.validate()
     device = device_kind()
@@ -486,7 +486,7 @@ def train(config, print_fn=print):
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
     if ensure_chat_template(tokenizer):
-        print_fn(f"[train] {init_path} has no chat template; using mumath.train.FALLBACK_CHAT_TEMPLATE")
+        print_fn(f"[train] {init_path} has no chat template; using mumath.sft_examples.FALLBACK_CHAT_TEMPLATE")
     rows = load_rows(config.data)
     rows = rows[:config.limit] if config.limit else rows
     rows = data_subset(rows, config.data_fraction, config.seed)

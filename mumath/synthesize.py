@@ -3,7 +3,7 @@
 Code-nested solutions come from the same tool-integrated loop as evaluation (`tir.run_tool_loop`), with
 the teacher as the backend: text, a python block, its *real* sandbox output, more text, ..., `\\boxed{}`.
 The teacher is asked for *prefix CoT* (reasoning before the first code block; checked, see
-`has_prefix_cot`) and for *code debugging* (an execution error is fed back as the output, and the teacher
+`tir.has_prefix_cot`) and for *code debugging* (an execution error is fed back as the output, and the teacher
 writes corrected code in the next round; `errors_fixed` counts the errors followed by a successful run).
 
 Each solution is written in chat format (`messages`: the question in the evaluation template, the
@@ -17,16 +17,10 @@ import time
 from .backends import Sampling
 from .grading import extract_answer, extract_boxed, is_equivalent
 from .prompts import build_messages, user_message
-from .tir import run_tool_loop
+from .tir import has_prefix_cot, run_tool_loop
 
 STAGES = {"cot": {"execute": False, "template": "synth_cot"}, "tir": {"execute": True, "template": "synth_tir"}}
 SOLUTION_SOURCES = ("teacher", "reference", "both")
-
-
-def has_prefix_cot(generation, min_words=8):
-    """Whether the solution reasons in words before its first code block."""
-    head = generation.split("```python", 1)[0]
-    return "```python" in generation and len(head.split()) >= min_words
 
 
 def errors_fixed(executions):

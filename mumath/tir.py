@@ -53,6 +53,12 @@ def format_output(output):
     return f"{OUTPUT_MARKER}\n{output}\n```\n"
 
 
+def has_prefix_cot(generation, min_words=8):
+    """Whether the solution reasons in words before its first code block."""
+    head = generation.split("```python", 1)[0]
+    return "```python" in generation and len(head.split()) >= min_words
+
+
 def run_tool_loop(backend, prompts, executor, sampling, max_rounds=4, execute=True, carry_state=False,
                   max_output_chars=2000, on_finish=None, exec_workers=None, max_in_flight=None, progress=False):
     """Run every prompt to completion; returns one `Trajectory` per prompt, in order.

@@ -19,7 +19,7 @@ from mumath.evaluate import EvalConfig, evaluate_records
 from mumath.executor import SandboxPool
 from mumath.filter import FilterConfig, filter_rows, input_files
 from mumath.manifest import Manifest
-from mumath.records import read_jsonl, write_json, write_jsonl
+from mumath.records import RecordsError, read_jsonl, write_json, write_jsonl
 from mumath.synthesize import run_synthesize
 from mumath.teacher import Teacher
 from mumath.tir import OUTPUT_MARKER
@@ -176,7 +176,9 @@ def test_report_numbers_equal_those_from_the_trajectories(toy_run, analysed):
     assert f"| {n} | {k} | {100 * k / n:.1f} | {100 * low:.1f}-{100 * high:.1f} |" in line
     assert "trajectories" in line and "base: `scripted:fake-teacher`" in line  # what answered, from config.json
     manifest = json.loads((toy_run / "manifest.json").read_text())
-    assert f"{toy_run / 'manifest.json'}" in report and manifest["git"]["commit"][:12] in report
+    # the manifest is cited relative to the run folder's parent, never by this machine's absolute path
+    assert f"`{toy_run.name}/manifest.json` @ {manifest['git']['commit'][:12]}" in report
+    assert str(toy_run.parent) not in report
     cot = next(line for line in report.splitlines() if "| gsm8k | cot |" in line)
     assert "| 3 | 3 | 100.0 |" in cot
     # the grid: one row per model, one column per benchmark and mode, the same numbers
@@ -289,7 +291,7 @@ def test_helpers():
 def test_broken_json_names_the_file(tmp_path):
     (tmp_path / "augment").mkdir()
     (tmp_path / "augment" / "stats.json").write_text("{not json")
-    with pytest.raises(analysis.AnalysisError, match="augment/stats.json"):
+    with pytest.raises(RecordsError, match="augment/stats.json"):
         analysis.collect([tmp_path])
 
 

@@ -221,6 +221,47 @@ def test_reworded_gsm8k_test_question_with_1000_written_differently_is_caught(da
     assert index.lookup("Josh buys a boat for $80000. How much does it cost per year over 10 years?") == {}
 
 
+SVAMP_LIKE = ("Winter is almost here and most animals are migrating to warmer countries. There are 41 bird "
+             "families living near the mountain. If 35 bird families flew away to asia and 62 bird families flew "
+             "away to africa, how many more bird families flew away to africa than those that flew away to asia?")
+
+
+def test_reordered_and_renamed_test_questions_are_caught_by_the_bag_check():
+    """Issue 20: short test questions whose sentences are reordered escape every 13-gram."""
+    test = [{"id": "svamp/test/0", "question": "Tom has 12 marbles. He gives 5 marbles to his sister Anna. His "
+                                               "father then buys him 9 new marbles. How many marbles does Tom "
+                                               "have now?"},
+            {"id": "gsm8k/test/0", "question": "Lisa bakes 24 cookies. She eats 3 of them. Her brother eats 6 "
+                                               "more. How many cookies are left?"}]
+    index = ContaminationIndex(n=13)
+    index.add("bench", test)
+    reordered = ("How many marbles does Tom have now? His father then buys him 9 new marbles. He gives 5 marbles "
+                 "to his sister Anna. Tom has 12 marbles.")
+    renamed = "How many cookies are left? Her brother eats 6 more. Maya bakes 24 cookies. She eats 3 of them."
+    ngram_only = ContaminationIndex(n=13, bag_jaccard=None)
+    ngram_only.add("bench", test)
+    for question, source in ((reordered, "svamp/test/0"), (renamed, "gsm8k/test/0")):
+        assert ngram_only.lookup(question) == {}, "the 13-gram check alone misses it"
+        found = index.lookup(question)["bench"]
+        assert found["match"] == "bag" and found["test_id"] == source
+
+
+def test_unrelated_questions_pass_the_bag_check(data_dir):
+    from mumath.data import load_benchmark
+
+    index = ContaminationIndex(n=13)
+    index.add("gsm8k", load_benchmark("gsm8k", "test", data_dir))
+    index.add("svamp", load_benchmark("svamp", "test", data_dir))
+    train = load_benchmark("gsm8k", "train", data_dir)[:1500]
+    assert [row["id"] for row in train if index.lookup(row["question"])] == []
+    # Same words, other numbers: another problem.
+    assert index.lookup(SVAMP_LIKE.replace("35", "36")) == {}
+    # LaTeX-heavy siblings are left to the exact and n-gram checks (their bags are alike, their problems not).
+    index.add("math500", [{"id": "m/0", "question": "Compute $\\arcsin \\left( -\\frac{1}{2} \\right).$  "
+                                                    "Express your answer in radians."}])
+    assert index.lookup("Compute $\\arccos \\left( -\\frac{1}{2} \\right).$  Express your answer in radians.") == {}
+
+
 def test_math_train_offline_is_contaminated_for_math_and_clean_for_math500(data_dir, tmp_path):
     from mumath.data import load_benchmark
 

@@ -415,3 +415,48 @@ def test_analysis_names_a_variants_model_by_its_folder():
     assert model_role("/r/stage2.from_base/final") == "stage-2 [from_base]"
     assert model_role("/r/stage1.long/final") == "stage-1 [long]"
     assert model_role("embedded") == "base"
+
+
+def test_a_failed_re_run_keeps_the_finished_steps_notebook_and_record(tmp_path, monkeypatch):
+    """Issue 20: a bad change re-run over a finished evaluation used to overwrite its executed notebook and turn
+    its entry into `failed, outputs: None` although the outputs were intact."""
+    import mumath.runner
+
+    def good(notebook, output, parameters, log_output=True):
+        folder = Path(parameters["run_dir"]) / "evaluate"
+        folder.mkdir(exist_ok=True)
+        (folder / "metrics.json").write_text('{"accuracy": 0.5}')
+        Path(output).write_text("the good run's notebook")
+
+    def bad(notebook, output, parameters, log_output=True):
+        Path(output).write_text("the failed attempt's notebook")
+        raise ValueError("Sample larger than population or is negative")
+
+    monkeypatch.setattr(mumath.runner, "run_notebook", good)
+    path = write_params(tmp_path, run="r", steps={"evaluate": {"limit": 1}})
+    run_dir = mumath.runner.run(path, outputs=tmp_path / "out", log_output=False)
+    finished = json.loads((run_dir / "manifest.json").read_text())["steps"]["evaluate"]
+    assert finished["status"] == "completed" and finished["outputs"]
+
+    monkeypatch.setattr(mumath.runner, "run_notebook", bad)
+    path = write_params(tmp_path, run="r", steps={"evaluate": {"limit": 2}})
+    with pytest.raises(ValueError):
+        mumath.runner.run(path, outputs=tmp_path / "out", log_output=False)
+    assert (run_dir / "06_evaluate.ipynb").read_text() == "the good run's notebook"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["steps"]["evaluate"] == finished, "the finished step's entry is untouched"
+    assert manifest["status"] == "failed"
+    (attempt,) = manifest["failed_attempts"]
+    assert attempt["step"] == "evaluate" and attempt["status"] == "failed" and "Sample larger" in attempt["error"]
+    assert Path(attempt["notebook"]).read_text() == "the failed attempt's notebook"
+    assert Path(attempt["notebook"]).parent == run_dir / "attempts"
+
+    monkeypatch.setattr(mumath.runner, "run_notebook", good)  # fixed: the attempt becomes the step's record
+    mumath.runner.run(path, outputs=tmp_path / "out", log_output=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["steps"]["evaluate"]["status"] == "completed"
+    assert manifest["steps"]["evaluate"]["notebook"] == str(run_dir / "06_evaluate.ipynb")
+    assert len(manifest["failed_attempts"]) == 1, "the earlier failure stays on record"
+    assert (run_dir / "06_evaluate.ipynb").read_text() == "the good run's notebook"
+    assert [notebook.read_text() for notebook in (run_dir / "attempts").glob("*.ipynb")] == \
+        ["the failed attempt's notebook"], "the successful attempt moved into place"

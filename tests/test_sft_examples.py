@@ -7,7 +7,7 @@ from mumath.backends import TransformersBackend
 from mumath.executor import SandboxPool
 from mumath.models import load_tokenizer
 from mumath.prompts import build_messages, user_message
-from mumath.train import (IGNORE, FALLBACK_CHAT_TEMPLATE, TrainingDataError, build_examples,
+from mumath.sft_examples import (IGNORE, FALLBACK_CHAT_TEMPLATE, TrainingDataError, build_examples,
                           execution_output_spans, load_rows, mask_example, show_mask)
 
 # GSM8K train #0, solved the way a code-nested solution is: text, code, its real output, a failed block
