@@ -232,3 +232,16 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
     print("one process:", losses_one, "\ntwo processes:", losses_two)
     assert len(losses_one) == len(losses_two) == 3
     assert losses_two == pytest.approx(losses_one, rel=2e-3)
+
+
+def test_data_fraction_takes_nested_seeded_subsets():
+    from mumath.sft import data_subset
+
+    rows = [{"id": index} for index in range(40)]
+    quarter, half = data_subset(rows, 0.25, seed=0), data_subset(rows, 0.5, seed=0)
+    assert len(quarter) == 10 and len(half) == 20 and data_subset(rows, 1.0, seed=0) == rows
+    assert all(row in half for row in quarter), "the 25 % rows lie inside the 50 % rows"
+    assert [row["id"] for row in half] == sorted(row["id"] for row in half), "file order kept"
+    assert quarter != rows[:10], "a seeded sample, not the first rows"
+    with pytest.raises(TrainConfigError, match="data_fraction"):
+        TrainConfig(output_dir="x", data="y", data_fraction=0).validate()
