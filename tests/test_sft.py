@@ -89,8 +89,8 @@ def test_auto_precision_on_gpus_asks_for_native_bf16(monkeypatch, native, expect
     assert resolve_precision("fp32", "cuda") == "fp32"
 
 
-@pytest.mark.parametrize("capabilities,expected", [({"avx512_bf16": True, "amx_bf16": False}, "bf16-weights"),
-                                                   ({"avx512_bf16": False, "amx_bf16": True}, "bf16-weights"),
+@pytest.mark.parametrize("capabilities,expected", [({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
+                                                   ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),
                                                    ({"avx512_bf16": False, "avx2": True}, "fp32")])
 def test_auto_precision_on_cpus_follows_native_bf16(monkeypatch, capabilities, expected):
     import torch
