@@ -44,7 +44,7 @@ ASSUMPTIONS = {
     "eval_decode_tokens_per_second_7b": 2500,  # one GPU, batched (vLLM); scaled by 7B / model size
     "model_billions": 7.0,                # when no model name says its size
     # The CPU estimate (the embedded model on 2 cores with native bf16; see docs/cpu-speed.md for the runs
-    # these come from): training tokens/s under precision auto (bf16-weights), engine decode tokens/s, the
+    # these come from): training tokens/s under precision auto (bf16 autocast), engine decode tokens/s, the
     # share of reference solutions that pass the filter, and tokens per training row.
     "cpu_train_tokens_per_second": 200, "cpu_eval_tokens_per_second": 150,
     "cpu_reference_keep_share": {"stage1": 0.99, "stage2": 0.77},
