@@ -111,29 +111,35 @@ class BufferedLayer(DynamicLayer):
 
     def __init__(self, **kwargs):
         self._key_buffer = self._value_buffer = None
-        self.length = 0
+        # One length per buffer: the engine assigns keys, then values (`_select`, `_merge`), and reading
+        # `values` between the two must still see the old values whole.
+        self._key_length = self._value_length = 0
         super().__init__(**kwargs)
 
     def _room(self, columns):
         return columns + max(self.MIN_ROOM, int(columns * self.GROWTH))
 
     @property
+    def length(self):
+        return self._key_length
+
+    @property
     def keys(self):
-        return None if self._key_buffer is None else self._key_buffer[:, :, :self.length]
+        return None if self._key_buffer is None else self._key_buffer[:, :, :self._key_length]
 
     @keys.setter
     def keys(self, tensor):
         self._key_buffer = self._buffer_with(tensor)
-        self.length = 0 if tensor is None else tensor.shape[2]
+        self._key_length = 0 if tensor is None or tensor.dim() != 4 else tensor.shape[2]
 
     @property
     def values(self):
-        return None if self._value_buffer is None else self._value_buffer[:, :, :self.length]
+        return None if self._value_buffer is None else self._value_buffer[:, :, :self._value_length]
 
     @values.setter
     def values(self, tensor):
         self._value_buffer = self._buffer_with(tensor)
-        self.length = 0 if tensor is None else tensor.shape[2]
+        self._value_length = 0 if tensor is None or tensor.dim() != 4 else tensor.shape[2]
 
     def _buffer_with(self, tensor, capacity=None):
         if tensor is None or tensor.dim() != 4:  # DynamicLayer's empty placeholder before the first update
@@ -150,14 +156,15 @@ class BufferedLayer(DynamicLayer):
         if self._key_buffer is None:
             self.keys, self.values = key_states, value_states
             return self.keys, self.values
-        end = self.length + key_states.shape[2]
+        start = self._key_length
+        end = start + key_states.shape[2]
         if end > self._key_buffer.shape[2]:
             capacity = self._room(end)
             self._key_buffer = self._buffer_with(self.keys, capacity)
             self._value_buffer = self._buffer_with(self.values, capacity)
-        self._key_buffer[:, :, self.length:end] = key_states
-        self._value_buffer[:, :, self.length:end] = value_states
-        self.length = end
+        self._key_buffer[:, :, start:end] = key_states
+        self._value_buffer[:, :, start:end] = value_states
+        self._key_length = self._value_length = end
         return self.keys, self.values
 
     def get_seq_length(self):

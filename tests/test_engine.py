@@ -164,7 +164,10 @@ def test_buffered_layer_equals_concatenation_and_grows_rarely():
         buffers.add(buffered._key_buffer.data_ptr())
     assert buffered.get_seq_length() == plain.get_seq_length() == 400
     assert len(buffers) <= 5, f"{len(buffers)} reallocations for 300 one-column steps"
-    buffered.keys, buffered.values = plain.keys[[1]], plain.values[[1]]  # the engine's row selection
-    assert buffered.get_seq_length() == 400 and torch.equal(buffered.keys, plain.keys[[1]])
+    # The engine's row selection (`_select`): keys first, then values, each read from the layer itself.
+    buffered.keys = buffered.keys[[1], :, 7:]
+    buffered.values = buffered.values[[1], :, 7:]
+    assert torch.equal(buffered.keys, plain.keys[[1], :, 7:]) and torch.equal(buffered.values, plain.values[[1], :, 7:])
+    assert buffered.get_seq_length() == 393
     step = torch.ones(1, 3, 1, 4)
     assert torch.equal(buffered.update(step, step)[0][:, :, -1:], step)
