@@ -13,20 +13,21 @@ def plot_filter(funnel, out_dir, name):
     return save_figure(funnel_figure(funnel), out_dir, name)
 
 
-def save_figure(figure, out_dir, name):
+def save_figure(figure, out_dir, name, tight=True):
     """Write `name`.png and `name`.svg under out_dir; returns the PNG's file name (the report links it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if tight:  # a figure with a shared colour bar lays itself out (constrained layout)
+        figure.tight_layout()
     figure.savefig(out_dir / f"{name}.png", dpi=110)
     figure.savefig(out_dir / f"{name}.svg")
     return f"{name}.png"
 
 
-def _figure(width, height):
+def _figure(width, height, **layout):
     from matplotlib.figure import Figure  # no pyplot: no global state, works headless and in threads
 
-    return Figure(figsize=(width, height))
+    return Figure(figsize=(width, height), **layout)
 
 
 def plot_augment(section, out_dir, name):
@@ -66,33 +67,47 @@ def plot_synthesis(section, out_dir, name):
 
 
 def plot_accuracy(entries, out_dir, name="accuracy"):
-    """Grouped bars: one group per benchmark/mode, one bar per evaluated model, 95 % Wilson intervals."""
-    groups = sorted({(e["benchmark"], e["mode"]) for e in entries})
-    models = sorted({(e["run"], e["role"], e["model"]) for e in entries})
-    figure = _figure(max(5, 0.9 * len(groups) * max(1, len(models)) + 2), 3.6)
-    axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(models))
-    for index, model in enumerate(models):
-        xs, values, low, high = [], [], [], []
-        for x, group in enumerate(groups):
-            entry = next((e for e in entries if (e["benchmark"], e["mode"]) == group
-                          and (e["run"], e["role"], e["model"]) == model), None)
-            if entry is None:
-                continue
-            value = 100 * (entry["accuracy"]["share"] or 0)
-            xs.append(x + (index - (len(models) - 1) / 2) * width)
-            values.append(value)
-            low.append(value - 100 * entry["accuracy"]["ci95"][0])
-            high.append(100 * entry["accuracy"]["ci95"][1] - value)
-        short = model[2] if len(model[2]) <= 32 else "..." + model[2][-29:]
-        label = f"{model[1]} ({short})" + (f", {model[0]}" if len({m[0] for m in models}) > 1 else "")
-        axes.bar(xs, values, width, yerr=[low, high], capsize=2, label=label)
-    axes.set_xticks(range(len(groups)), [f"{b}\n{m}" for b, m in groups], fontsize=7)
-    axes.set_ylabel("accuracy % (95 % Wilson CI)")
-    axes.set_ylim(0, 100)
-    axes.set_title("accuracy per benchmark and mode (our runs)", fontsize=9)
-    axes.legend(fontsize=7)
-    return save_figure(figure, out_dir, name)
+    return save_figure(accuracy_figure(entries), out_dir, name, tight=False)
+
+
+def accuracy_figure(entries, panels_per_row=4):
+    """A heatmap per evaluated model (benchmark rows x mode columns), each cell its accuracy %, 95 % Wilson
+    interval and correct/n; one colour scale (0-100 %) for all panels, so models compare at a glance."""
+    benchmarks = sorted({e["benchmark"] for e in entries})
+    modes = sorted({e["mode"] for e in entries})
+    models = sorted({(e["run"], e["role"], e["model"]) for e in entries}, key=lambda m: (m[0], m[1] != "base", m[1]))
+    several_runs = len({m[0] for m in models}) > 1
+    columns = min(panels_per_row, len(models))
+    rows = -(-len(models) // columns)
+    figure = _figure(1.2 + columns * (1.0 + 1.0 * len(modes)), 0.9 + rows * (0.7 + 0.5 * len(benchmarks)),
+                     layout="constrained")
+    cells = {(e["run"], e["role"], e["model"], e["benchmark"], e["mode"]): e["accuracy"] for e in entries}
+    for position, model in enumerate(models, 1):
+        axes = figure.add_subplot(rows, columns, position)
+        grid = [[cells.get((*model, benchmark, mode)) for mode in modes] for benchmark in benchmarks]
+        values = [[float("nan") if a is None or a["share"] is None else 100 * a["share"] for a in row]
+                  for row in grid]
+        image = axes.imshow(values, cmap="YlGnBu", vmin=0, vmax=100, aspect="auto")
+        for y, row in enumerate(grid):
+            for x, a in enumerate(row):
+                axes.text(x, y, _cell_text(a), ha="center", va="center", fontsize=7,
+                          color="white" if values[y][x] > 60 else "black")
+        axes.set_xticks(range(len(modes)), modes, fontsize=8)
+        axes.set_yticks(range(len(benchmarks)), benchmarks, fontsize=8)
+        axes.xaxis.tick_top()
+        short = model[2] if len(model[2]) <= 28 else "..." + model[2][-25:]
+        axes.set_title(f"{model[1]}" + (f" ({model[0]})" if several_runs else "") + f"\n{short}", fontsize=8)
+    figure.suptitle("accuracy % per benchmark and mode [95 % Wilson CI] correct/n (our runs)", fontsize=9)
+    figure.colorbar(image, ax=figure.axes, shrink=0.8, label="accuracy %")
+    return figure
+
+
+def _cell_text(accuracy):
+    if accuracy is None or not accuracy["n"]:
+        return "-"
+    low, high = accuracy["ci95"]
+    return (f"{100 * accuracy['share']:.1f}\n[{100 * low:.0f}-{100 * high:.0f}]\n"
+            f"{accuracy['successes']}/{accuracy['n']}")
 
 
 def plot_training(training, out_dir, name):

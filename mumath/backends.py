@@ -21,12 +21,13 @@ flight.
 import asyncio
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm.auto import tqdm
 
 # the completion primitives live in `completions` (the engine uses them too); re-exported for callers
 from .completions import Completion, complete_with_submit, cut_at_stop, eos_token_ids  # noqa: F401
+from .prompts import apply_prompt_format, encode_prompt, render_prompt
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
 
     def format_prompt(self, messages):
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tokenizer, messages)
 
     def complete(self, prompts, sampling, stop=(), on_result=None):
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
@@ -69,8 +70,8 @@ class TransformersBackend:
     def generate_batch(self, prompts, sampling, stop):
         import torch
 
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded = encoded.to(self.model.device)
+        ids = [encode_prompt(self.tokenizer, prompt) for prompt in prompts]  # the one BOS rule
+        encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.model.device)
         kwargs = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if sampling.temperature > 0:
             torch.manual_seed(sampling.seed)
@@ -149,17 +150,20 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, base_url, model, api_key_env="OPENAI_API_KEY", max_concurrency=16, timeout=600.0,
-                 max_retries=3, progress=True, tokenizer=None):
+                 max_retries=3, progress=True, tokenizer=None, context_length=None):
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
         self.max_concurrency, self.timeout, self.max_retries = max_concurrency, timeout, max_retries
         self.progress, self.tokenizer = progress, tokenizer
+        # The served model's context window (prompt + new tokens); None: asked once from the server
+        # (vLLM lists `max_model_len` in /v1/models), else unknown and max_tokens is sent as given.
+        self.context_length, self._context_asked = context_length, context_length is not None
         self.identity = f"{self.name}:{base_url or 'api.openai.com'}:{model}"
 
     def format_prompt(self, messages):
         if self.tokenizer is None:
             raise ValueError("the openai completions backend formats chat prompts with a tokenizer: set "
                              "parameter 'tokenizer' (or use backend 'openai-chat')")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tokenizer, messages)
 
     def _client(self):
         from openai import AsyncOpenAI
@@ -181,7 +185,60 @@ class OpenAIBackend:
             self._async_client = self._client()
             self._in_flight = asyncio.Semaphore(self.max_concurrency)
         async with self._in_flight:
-            return await self._request(self._async_client, prompt, sampling, stop, sampling.seed + index)
+            return await self._guarded_request(self._async_client, prompt, sampling, stop, sampling.seed + index)
+
+    async def _guarded_request(self, client, prompt, sampling, stop, seed):
+        """One request whose rejection is that request's result, not everyone's failure.
+
+        `max_tokens` is clamped to the context left after the prompt where both are known (a prompt that
+        leaves no room ends with finish ``length`` and no request). A request the server rejects (400, 413,
+        422, ...), or that still fails after the client's retries (5xx, timeouts), comes back as an empty
+        completion with finish ``error: <status> <message>``; its trajectory ends there, the others go on.
+        Configuration errors still raise: no server (connection refused), a wrong key or model (401, 403, 404).
+        """
+        import openai
+
+        if self.tokenizer is not None:
+            self._learn_context_length()
+        room = self._room(prompt)
+        if room is not None and room[1] <= 0:
+            return Completion("", "length", room[0], 0)
+        if room is not None and room[1] < sampling.max_new_tokens:
+            sampling = replace(sampling, max_new_tokens=room[1])
+        try:
+            return await self._request(client, prompt, sampling, stop, seed)
+        except openai.APIStatusError as error:
+            if error.status_code in (401, 403, 404):
+                raise
+            return Completion("", f"error: {error.status_code} {request_error_message(error)}")
+        except openai.APITimeoutError as error:
+            return Completion("", f"error: timeout {error}"[:500])
+
+    def _room(self, prompt):
+        """(prompt tokens, new tokens that still fit) when the context length and a tokenizer are known."""
+        if self.context_length is None or self.tokenizer is None or not isinstance(prompt, str):
+            return None
+        used = len(encode_prompt(self.tokenizer, prompt))
+        return used, self.context_length - used
+
+    def _learn_context_length(self):
+        """Ask the server once for the model's context window (blocking, once per backend)."""
+        with _CONTEXT_LOCK:
+            if self._context_asked:
+                return
+            self._context_asked = True
+            from openai import OpenAI
+
+            try:
+                client = OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                                timeout=10.0, max_retries=0)
+                entries = client.models.list().data
+            except Exception:  # not every server lists its models: the window stays unknown
+                return
+            for entry in entries:
+                length = (getattr(entry, "model_extra", None) or {}).get("max_model_len")
+                if entry.id == self.model and isinstance(length, int):
+                    self.context_length = length
 
     def _event_loop(self):
         with _LOOP_LOCK:
@@ -204,7 +261,7 @@ class OpenAIBackend:
 
         async def one(index, prompt):
             async with limit:
-                completion = await self._request(client, prompt, sampling, stop, sampling.seed + index)
+                completion = await self._guarded_request(client, prompt, sampling, stop, sampling.seed + index)
             bar.update()
             if on_result is not None:
                 on_result(index, completion)
@@ -289,6 +346,23 @@ class OpenAIChatBackend(OpenAIBackend):
 
 
 _LOOP_LOCK = threading.Lock()
+_CONTEXT_LOCK = threading.Lock()
+
+
+def request_error_message(error):
+    """The server's own reason for rejecting a request (vLLM: the context-length message), kept short."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error")
+        message = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        if message:
+            return str(message)[:400]
+    return str(getattr(error, "message", error))[:400]
+
+
+def is_request_error(finish):
+    """Whether a finish reason records a failed request (``error: ...``), not the model's own ending."""
+    return isinstance(finish, str) and finish.startswith("error")
 
 
 def ends_with_unexecuted_code(text):
@@ -325,19 +399,23 @@ BACKENDS = ["transformers", "transformers-generate", "openai", "openai-chat"]
 
 def make_backend(backend="transformers", model="embedded", base_url=None, api_model=None, batch_size=16,
                  max_concurrency=16, api_key_env="OPENAI_API_KEY", dtype="auto", progress=True, tokenizer=None,
-                 max_retries=3, kv_cache_tokens=32768, max_prefill_tokens=2048):
+                 max_retries=3, kv_cache_tokens=32768, max_prefill_tokens=2048, prompt_format="chat",
+                 context_length=None):
     """The backend a run's parameters ask for.
 
     For ``transformers`` (the engine, default) `batch_size` caps the requests decoded together,
     `kv_cache_tokens` bounds the prefix store and `max_prefill_tokens` one admission's prefill; for
     ``transformers-generate`` `batch_size` is the `generate` batch. `dtype`: ``auto`` (fp32 on CPU, bf16
     on GPU) or a torch dtype name (``bfloat16`` is ~1.8x faster on CPUs with avx512_bf16, but its greedy
-    outputs differ from fp32's).
+    outputs differ from fp32's). `prompt_format` (`mumath.prompts.PROMPT_FORMATS`) sets the chat template
+    the prompts are formatted with; `context_length` is the served model's window for the ``openai``
+    backend (None: asked from the server), which clamps each request's ``max_tokens``.
     """
     if backend in ("transformers", "transformers-generate"):
         from .models import load_model
 
         loaded, tokenizer = load_model(model, dtype=dtype)
+        apply_prompt_format(tokenizer, prompt_format)
         if backend == "transformers-generate":
             return TransformersBackend(loaded, tokenizer, batch_size=batch_size, progress=progress)
         from .engine import Engine
@@ -349,6 +427,9 @@ def make_backend(backend="transformers", model="embedded", base_url=None, api_mo
             raise ValueError(f"backend '{backend}' needs parameter 'base_url' (a server) or the environment "
                              f"variable {api_key_env} (the OpenAI API)")
         if backend == "openai-chat":
+            if prompt_format != "chat":
+                raise ValueError(f"parameter 'prompt_format' is '{prompt_format}', but backend 'openai-chat' "
+                                 "formats prompts on the server; use backend 'openai' (completions)")
             return OpenAIChatBackend(base_url or os.environ.get("OPENAI_BASE_URL"), api_model or model,
                                      api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress,
                                      max_retries=max_retries)
@@ -356,5 +437,6 @@ def make_backend(backend="transformers", model="embedded", base_url=None, api_mo
 
         return OpenAIBackend(base_url or os.environ.get("OPENAI_BASE_URL"), api_model or model,
                              api_key_env=api_key_env, max_concurrency=max_concurrency, progress=progress,
-                             tokenizer=load_tokenizer(tokenizer or model), max_retries=max_retries)
+                             tokenizer=apply_prompt_format(load_tokenizer(tokenizer or model), prompt_format),
+                             max_retries=max_retries, context_length=context_length)
     raise ValueError(f"parameter 'backend': '{backend}' is not one of {BACKENDS}")

@@ -35,6 +35,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .completions import Completion, complete_with_submit, cut_at_stop, eos_token_ids
+from .prompts import encode_prompt, render_prompt
 
 
 @dataclass
@@ -214,10 +215,10 @@ class Engine:
         self._thread.start()
 
     def format_prompt(self, messages):
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tokenizer, messages)
 
     def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = encode_prompt(self.tokenizer, prompt)  # the one BOS rule (mumath.prompts)
         if not ids:
             raise ValueError("the engine needs a prompt of at least one token")
         request = Request(ids, sampling, tuple(s for s in stop if s), callback, sampling.seed + index)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .backends import Sampling
+from .backends import Sampling, is_request_error
 from .grading import extract_answer, is_equivalent, is_graded
-from .prompts import build_messages, prompt_files_fingerprint
+from .prompts import build_messages, format_prompt_dir, prompt_files_fingerprint
 from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
 
@@ -39,6 +39,7 @@ class EvalConfig:
     prompt_dir: str = None
     exec_workers: int = None  # threads feeding the sandbox; None: the machine's cores
     model_identity: dict = None  # what the model is (files hash, backend); default: the backend's identity
+    prompt_format: str = "chat"  # mumath.prompts.PROMPT_FORMATS: the prompt files and chat template
     executor_limits: dict = None  # sandbox limits; default: the executor's own
 
     def __post_init__(self):
@@ -60,12 +61,18 @@ def answer_settings(config, backend=None, executor=None):
     return {
         "model": config.model_identity or {"identity": getattr(backend, "identity", type(backend).__name__)},
         "mode": config.mode, "few_shot": config.few_shot,
-        "prompts": prompt_files_fingerprint(config.mode, config.few_shot, config.prompt_dir),
+        # the format's chat template overrides the model's own (absent for "chat": old runs keep their rows)
+        **({"prompt_format": config.prompt_format} if config.prompt_format != "chat" else {}),
+        "prompts": prompt_files_fingerprint(config.mode, config.few_shot, config_prompt_dir(config)),
         "decoding": {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                      "top_p": sampling.top_p, "seed": sampling.seed},
         "max_rounds": config.max_rounds, "carry_state": config.carry_state,
         "executor": limits if config.mode == "tir" else None,
     }
+
+
+def config_prompt_dir(config):
+    return format_prompt_dir(config.prompt_format, config.prompt_dir)
 
 
 def config_fingerprint(settings):
@@ -82,7 +89,8 @@ def resumable_rows(path, records, fingerprint):
     """Rows of `path` that belong to this configuration and these problems; moves the others aside.
 
     A torn last line (a kill mid-append) is cut off. Rows of another fingerprint, or of a problem whose
-    question or gold answer changed since, go to ``superseded.jsonl`` in the same folder (kept, not lost).
+    question or gold answer changed since, or whose request failed (finish ``error: ...``, tried again),
+    go to ``superseded.jsonl`` in the same folder (kept, not lost).
     """
     path = Path(path)
     repair_torn_tail(path)
@@ -92,7 +100,7 @@ def resumable_rows(path, records, fingerprint):
         record = by_id.get(row.get("id"))
         key = (row.get("id"), row.get("sample"))
         if row.get("fingerprint") != fingerprint or (record is not None and not _same_problem(row, record)) \
-                or key in seen:
+                or key in seen or is_request_error(row.get("finish")):
             stale.append(row)
         else:
             current.append(row)
@@ -127,7 +135,7 @@ def evaluate_suites(backend, executor, suites, config, progress=True, extra_metr
                  if (record["id"], sample) not in done]
     bar = tqdm(total=len(todo), desc=f"evaluate {config.mode}", disable=not progress)
     prompts = [backend.format_prompt(build_messages(record["question"], config.mode, config.few_shot,
-                                                    config.prompt_dir)) for _, _, record, _ in todo]
+                                                    config_prompt_dir(config))) for _, _, record, _ in todo]
 
     def write(index, trajectory):  # each trajectory is written the moment it finishes
         benchmark, path, record, sample = todo[index]
@@ -218,6 +226,8 @@ def compute_metrics(rows, n_samples=1):
         "no_answer": sum(1 for row in everything if row["pred"] is None),
         "mean_rounds": sum(row["rounds"] for row in everything) / len(everything) if everything else 0.0,
         "finish": dict(Counter(row["finish"] for row in everything)),
+        # requests the server rejected or that failed after retries (finish "error: ..."): no answer
+        "request_errors": sum(1 for row in everything if is_request_error(row["finish"])),
         "prompt_tokens": sum(row["prompt_tokens"] for row in rows),
         "completion_tokens": sum(row["completion_tokens"] for row in rows),
     }
@@ -259,11 +269,32 @@ def model_identity(backend, model, engine, local_model=None):
 def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=None, api_model=None,
                    api_key_env="OPENAI_API_KEY", tokenizer=None, data_dir=None, benchmarks=("gsm8k",),
                    split="test", extra_benchmarks=None, limit=None, modes=("tir",), few_shot=0,
-                   max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=16, n_samples=1,
+                   max_new_tokens=512, max_rounds=4, batch_size=32, max_concurrency=None, n_samples=1,
                    temperature=0.0, top_p=1.0, seed=0, carry_state=False, exec_workers=None, exec_timeout=10.0,
-                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True, step_name="evaluate"):
+                   exec_memory_mb=1024, prompt_dir=None, chunk_size=256, progress=True, step_name="evaluate",
+                   prompt_format="chat", context_length=None, server=None):
     """Every benchmark x mode of one run -> list of metrics; outputs under <run_dir>/<step_name>/
-    (``evaluate/``, or a variant's ``evaluate.<variant>/``)."""
+    (``evaluate/``, or a variant's ``evaluate.<variant>/``).
+
+    `server` (a `mumath.server.ServerSpec` dict) starts that server for this call and evaluates through
+    it (backend ``openai``, its URL and served name, its model's tokenizer, its `max_model_len`); it is
+    stopped when the evaluation ends or fails. `max_concurrency` None: the server engine's default
+    (512 for vLLM / SGLang), else 16; `chunk_size` is raised to it so that many requests can be in flight.
+    """
+    settings = dict(locals())
+    if server:
+        from .server import ManagedServer
+
+        with ManagedServer(server, Path(run_dir) / step_name / "server.log") as served:
+            client = served.client_settings()
+            settings.update(server=None, backend="openai-chat" if backend == "openai-chat" else "openai",
+                            base_url=client["base_url"], api_model=client["api_model"],
+                            model=served.spec.model, tokenizer=tokenizer or served.spec.model,
+                            context_length=context_length or client["context_length"],
+                            max_concurrency=max_concurrency or client["max_concurrency"])
+            settings["chunk_size"] = max(chunk_size, settings["max_concurrency"])
+            return run_evaluation(**settings)
+    max_concurrency = max_concurrency or 16
     from .backends import make_backend
     from .data import load_benchmark
     from .decontaminate import evaluation_contamination
@@ -276,7 +307,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
                                    seed=seed, extra=extra_benchmarks, inputs=inputs) for spec in benchmarks}
     engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
                           max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress,
-                          tokenizer=tokenizer)
+                          tokenizer=tokenizer, prompt_format=prompt_format, context_length=context_length)
     local_model = None
     if backend != "openai-chat":
         local_model = resolve_model_path(tokenizer or model) if backend == "openai" else resolve_model_path(model)
@@ -295,6 +326,7 @@ def run_evaluation(run_dir, model="embedded", backend="transformers", base_url=N
         for mode in modes:
             config = EvalConfig(mode=mode, few_shot=few_shot, max_rounds=max_rounds, n_samples=n_samples,
                                 sampling=sampling, carry_state=carry_state, prompt_dir=prompt_dir,
+                                prompt_format=prompt_format,
                                 chunk_size=chunk_size, exec_workers=exec_workers, model_identity=identity)
             jobs = {spec: (records, Path(run_dir) / step_name / spec.replace(":", "-") / mode)
                     for spec, records in suites.items()}

@@ -11,11 +11,14 @@ with LoRA the stage-1 adapter is merged first and stage 2 trains a new adapter.
 """
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -44,6 +47,7 @@ class TrainConfig:
     data: str
     init_model: str = "embedded"
     mode: str = "cot"                 # prompt format the model is trained (and evaluated) in: cot | tir
+    prompt_format: str = "chat"       # chat (system + template + the model's chat template) | mumath (official)
     finetune: str = "full"            # full | lora | qlora
     epochs: float = 3.0
     max_steps: int = -1               # > 0 overrides epochs
@@ -77,6 +81,11 @@ class TrainConfig:
             raise TrainConfigError(f"parameter 'finetune' is '{self.finetune}'; one of {FINETUNE_MODES}")
         if self.mode not in PROMPT_MODES:
             raise TrainConfigError(f"parameter 'mode' is '{self.mode}'; one of {PROMPT_MODES}")
+        from .prompts import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise TrainConfigError(f"parameter 'prompt_format' is '{self.prompt_format}'; one of "
+                                   f"{sorted(PROMPT_FORMATS)}")
         if self.packing not in (True, False, None):
             raise TrainConfigError(f"parameter 'packing' is {self.packing!r}; true, false or null (per device)")
         if self.precision not in PRECISIONS:
@@ -263,7 +272,8 @@ def load_base_model(config, path, precision, attention):
         kwargs["dtype"] = torch_dtype(precision)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         # SFTTrainer does not do this for us: casts norms to fp32, enables input grads (+ checkpointing).
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        with peft_wrapping():
+            return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16), except
     # under bf16-weights, where the weights themselves are bf16 (no casts, half the bytes; coarser updates).
     if precision == "bf16-weights":
@@ -388,6 +398,47 @@ def mfu(params, tokens_per_second, device):
     return round(6 * params * tokens_per_second / (peak * world_size()), 4)
 
 
+
+# ---------------------------------------------------------------- known-harmless library messages
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
+
+
+# bitsandbytes 0.50 on a CPU with avx512_bf16 tries the optional `kernels` package when it is imported (by
+# peft, by trl) and logs this when it is absent; its built-in NF4 path is used instead, the one every CPU run
+# takes. Only this message of that logger is dropped.
+BITSANDBYTES_NO_KERNELS = ("bitsandbytes.backends.cpu.ops",
+                           "Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def drop_known_harmless_messages():
+    """Install (once) the filter for `BITSANDBYTES_NO_KERNELS`; call it before trl / peft are imported."""
+    logger = logging.getLogger(BITSANDBYTES_NO_KERNELS[0])
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(BITSANDBYTES_NO_KERNELS[1]))
+
+
+@contextmanager
+def peft_wrapping():
+    """peft 0.21 reads the model's `is_gradient_checkpointing` when it wraps a model (SFTTrainer with a LoRA
+    config, `PeftModel.from_pretrained`) and calls `gradient_checkpointing_enable` when it prepares a 4-bit
+    model, names transformers 5.23 deprecates with a FutureWarning. Silenced only there: the names are peft's,
+    and they still do what peft means."""
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+        yield
+
+
+drop_known_harmless_messages()
+
+
 # ---------------------------------------------------------------- training
 
 def sft_arguments(config, out, settings):
@@ -402,7 +453,7 @@ def sft_arguments(config, out, settings):
         gradient_accumulation_steps=settings["gradient_accumulation_steps"],
         max_length=config.max_length, packing=packing, packing_strategy="bfd", padding_free=packing,
         train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
         bf16=uses_bf16(precision), fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
@@ -452,8 +503,9 @@ def build_trainer(config, examples, tokenizer, init_path, out, device=None):
     if settings["group_by_length"]:
         examples = [dict(example, length=len(example["input_ids"])) for example in examples]
     dataset = Dataset.from_list(examples)
-    trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=lora_config(config) if config.finetune != "full" else None)
+    with peft_wrapping():
+        trainer = trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                  peft_config=lora_config(config) if config.finetune != "full" else None)
     counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
     for callback in make_callbacks(Path(out) / LOG, counter):
@@ -465,7 +517,8 @@ def train(config, print_fn=print):
     """Train one stage in this process (or as one rank of `accelerate launch`); returns its stats."""
     from .models import load_tokenizer, resolve_model_path
     from .records import write_json
-    from .sft_examples import build_examples, ensure_chat_template, load_rows
+    from .prompts import apply_prompt_format, format_prompt_dir
+    from .sft_examples import build_examples, load_rows
 
     config.validate()
     device = device_kind()
@@ -487,12 +540,14 @@ def train(config, print_fn=print):
 
     tokenizer = load_tokenizer(init_path)
     tokenizer.padding_side = "right"
-    if ensure_chat_template(tokenizer):
-        print_fn(f"[train] {init_path} has no chat template; using mumath.sft_examples.FALLBACK_CHAT_TEMPLATE")
+    if config.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        print_fn(f"[train] {init_path} has no chat template; using mumath.prompts.FALLBACK_CHAT_TEMPLATE")
+    apply_prompt_format(tokenizer, config.prompt_format)  # saved with final/: evaluation formats the same way
     rows = load_rows(config.data)
     rows = rows[:config.limit] if config.limit else rows
     rows = data_subset(rows, config.data_fraction, config.seed)
-    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length, config.prompt_dir,
+    examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length,
+                                          format_prompt_dir(config.prompt_format, config.prompt_dir),
                                           source=str(config.data))
     if not examples:
         raise TrainConfigError(f"{config.data}: none of its {len(rows)} rows fits max_length {config.max_length}")
@@ -566,14 +621,16 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
             # Merge into the unquantized base (merging into 4-bit weights would round them again).
             dtype = torch_dtype(precision if config.finetune == "qlora" or uses_bf16(precision) else "fp32")
             base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            with peft_wrapping():
+                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             merged.save_pretrained(str(tmp), safe_serialization=True)
     if rank0:
         tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "mumath_train.json",
                    {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode})
+                    "finetune": config.finetune, "mode": config.mode,
+                    "prompt_format": config.prompt_format})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

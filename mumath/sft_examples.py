@@ -16,7 +16,7 @@ re-tokenization (the official MuMath-Code script) can drift by a token at each b
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .prompts import build_messages
+from .prompts import FALLBACK_CHAT_TEMPLATE, adds_bos, build_messages, render_prompt  # noqa: F401
 from .records import RecordsError, read_jsonl
 from .tir import OUTPUT_MARKER
 
@@ -61,8 +61,8 @@ def target_characters(text, prompt_end, turn_end):
 
 def conversation_text(tokenizer, messages):
     """(full text, where the assistant's content starts, where its end-of-turn marker ends)."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = render_prompt(tokenizer, messages[:-1], add_generation_prompt=True)
+    text = render_prompt(tokenizer, messages, add_generation_prompt=False)
     if not text.startswith(prompt):
         raise TrainingDataError("the chat template renders the prompt differently with and without the answer; "
                                 "training and evaluation would not share one format")
@@ -82,13 +82,16 @@ def mask_example(tokenizer, messages):
     """Chat messages ending with the assistant turn -> {input_ids, labels, ...} (one tokenization)."""
     text, prompt_end, turn_end = conversation_text(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+    if adds_bos(tokenizer):  # the one BOS rule (prompts.encode_prompt): BOS where the tokenizer adds it
+        ids, offsets = [tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
     target = target_characters(text, prompt_end, turn_end)
     labels, masked_outputs = [], 0
-    for token, (begin, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+    for token, (begin, end) in zip(ids, offsets):
         covered = target[begin:end]
         labels.append(token if covered and all(covered) else IGNORE)
         masked_outputs += labels[-1] == IGNORE and prompt_end <= begin and end <= turn_end
-    return {"input_ids": list(encoded["input_ids"]), "labels": labels, "masked_output_tokens": masked_outputs}
+    return {"input_ids": ids, "labels": labels, "masked_output_tokens": masked_outputs}
 
 
 def assistant_content(row, where):
@@ -183,18 +186,6 @@ def preview(data, tokenizer, mode, prompt_dir=None, want_output=False, max_rows=
     messages = build_messages(row["question"], mode, prompt_dir=prompt_dir,
                               solution=assistant_content(row, data).strip())
     return show_mask(tokenizer, mask_example(tokenizer, messages))
-
-
-# For base models whose tokenizer has no chat template (Llama-2, Mistral base): plain turns, and the
-# assistant turn ends with the EOS token, so generation stops where the model learned to stop. The
-# template is saved with the trained model, so evaluation formats prompts the same way.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
-    "{% else %}{{ 'Assistant:\\n' + message['content'] + eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:\\n' }}{% endif %}")
 
 
 def ensure_chat_template(tokenizer):

@@ -15,7 +15,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import Completion, make_backend, submitter
+from .backends import Completion, is_request_error, make_backend, submitter
 from .records import read_jsonl, repair_torn_tail
 
 
@@ -104,7 +104,8 @@ class Teacher:
         if missing:
             def store(position, completion):
                 index = missing[position]
-                self.cache.put(keys[index], completion)
+                if not is_request_error(completion.finish):  # a failed request is asked again next run
+                    self.cache.put(keys[index], completion)
                 self._count(requests=1, completion=completion)
 
             fresh = self.backend.complete([prompts[i] for i in missing], sampling, stop, on_result=store)
@@ -123,7 +124,8 @@ class Teacher:
 
         def store(result):
             if not isinstance(result, BaseException):
-                self.cache.put(key, result)
+                if not is_request_error(result.finish):  # a failed request is asked again next run
+                    self.cache.put(key, result)
                 self._count(requests=1, completion=result)
             callback(result)
 
@@ -143,16 +145,45 @@ class Teacher:
                 target["prompt_tokens"] += completion.prompt_tokens
                 target["completion_tokens"] += completion.completion_tokens
 
+    server = None  # a `mumath.server.ManagedServer` this teacher started, stopped by `close`
+
     def close(self):
         self.cache.close()
+        if self.server is not None:
+            self.server.stop()
 
 
 def make_teacher(run_dir, backend="transformers", model="embedded", base_url=None, api_model=None,
-                 api_key_env="OPENAI_API_KEY", tokenizer=None, batch_size=16, max_concurrency=16, max_retries=3,
-                 cache_path=None, price_per_1m_prompt=None, price_per_1m_completion=None, progress=True):
-    """The teacher a step's parameters ask for; its cache defaults to <run_dir>/cache/teacher.jsonl."""
-    engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
-                          max_concurrency=max_concurrency, api_key_env=api_key_env, progress=progress,
-                          tokenizer=tokenizer, max_retries=max_retries)
-    cache_path = cache_path or Path(run_dir) / "cache" / "teacher.jsonl"
-    return Teacher(engine, cache_path, price_per_1m_prompt, price_per_1m_completion)
+                 api_key_env="OPENAI_API_KEY", tokenizer=None, batch_size=16, max_concurrency=None, max_retries=3,
+                 cache_path=None, price_per_1m_prompt=None, price_per_1m_completion=None, progress=True,
+                 server=None, log_dir=None):
+    """The teacher a step's parameters ask for; its cache defaults to <run_dir>/cache/teacher.jsonl.
+
+    `server` (a `mumath.server.ServerSpec` dict) starts that server now and talks to it (backend
+    ``openai`` with its model's tokenizer); `Teacher.close` stops it, and so does the end of this process.
+    Its log goes to <log_dir>/server.log (default <run_dir>/cache/). `max_concurrency` None: the
+    server engine's default (512 for vLLM / SGLang), else 16.
+    """
+    managed = None
+    if server:
+        from .server import ManagedServer
+
+        managed = ManagedServer(server, Path(log_dir or Path(run_dir) / "cache") / "server.log").start()
+        client = managed.client_settings()
+        backend = "openai-chat" if backend == "openai-chat" else "openai"
+        base_url, api_model = client["base_url"], client["api_model"]
+        tokenizer, model = tokenizer or managed.spec.model, managed.spec.model
+        max_concurrency = max_concurrency or client["max_concurrency"]
+    try:
+        engine = make_backend(backend, model, base_url=base_url, api_model=api_model, batch_size=batch_size,
+                              max_concurrency=max_concurrency or 16, api_key_env=api_key_env, progress=progress,
+                              tokenizer=tokenizer, max_retries=max_retries,
+                              context_length=managed.spec.max_model_len if managed else None)
+        cache_path = cache_path or Path(run_dir) / "cache" / "teacher.jsonl"
+        teacher = Teacher(engine, cache_path, price_per_1m_prompt, price_per_1m_completion)
+    except BaseException:
+        if managed is not None:
+            managed.stop()
+        raise
+    teacher.server = managed
+    return teacher

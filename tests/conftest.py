@@ -127,3 +127,37 @@ def llama_server():
     server = LlamaServer(embedded_gguf_path(), free_port()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_style_model(tmp_path_factory):
+    """A Llama-style checkpoint built here (no download): a BPE tokenizer whose post-processor puts BOS
+    ``<s>`` in front of every text (as Llama-2's tokenizer.json does), newlines as their own tokens,
+    no chat template (like Llama-2 / CodeLlama base, MuMath-Code-L/CL, ToRA), and a 1-layer Llama."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from mumath.prompts import read_fewshot
+
+    corpus = [row["question"] + "\n" + row["solution"] for row in read_fewshot("tir") + read_fewshot("cot")]
+    corpus += ["<|user|>\n<|assistant|>\n```python\nprint(2 * 3)\n```\n```output\n6\n```\nThe answer is \\boxed{6}."]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                       pre_tokenizers.Metaspace()])
+    tokenizer.decoder = decoders.Metaspace()
+    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"],
+                                                              initial_alphabet=alphabet))
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                             special_tokens=[("<s>", 1)])
+    folder = tmp_path_factory.mktemp("llama-style")
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                      unk_token="<unk>")
+    wrapped.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder

