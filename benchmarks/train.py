@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mumath.data import load_benchmark  # noqa: E402
 from mumath.models import load_tokenizer, resolve_model_path  # noqa: E402
 from mumath.sft import (CountingCollator, TrainConfig, build_trainer, device_kind, lora_config,  # noqa: E402
-                        make_callbacks, mfu, peak_memory_gb, resolve_attention, resolve_precision, torch_dtype,
-                        use_every_core, uses_bf16)
+                        make_callbacks, mfu, parameter_counts, peak_memory_gb, resolve_attention,
+                        resolve_precision, torch_dtype, use_every_core, uses_bf16)
 from mumath.sft_examples import build_examples  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def run_arm(name, make, device):
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    params = sum(p.numel() for p in trainer.model.parameters())
+    params = parameter_counts(trainer.model)[1]  # whole model: 4-bit weights by their shape
     tokens_per_second = counter.tokens / counter.step_seconds
     losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
     result = {"tokens_per_second": round(tokens_per_second, 1), "tokens": counter.tokens, "losses": losses,

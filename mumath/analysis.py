@@ -364,16 +364,38 @@ def accuracy_table(analysis):
     return table
 
 
-def run_analysis(run_dir, runs=None, out_dir=None, failing_examples=3, record=True):
-    """Step 7: analyse `runs` (default: this run) -> figures and report.md under `out_dir`
-    (default <run_dir>/analysis). Returns the collected analysis with the paths written."""
+def run_analysis(run_dir, runs=None, out_dir=None, failing_examples=3, record=True, browser_limit=200):
+    """Step 7: analyse `runs` (default: this run) -> figures, report.md and the trajectory browser
+    (browser.html, `browser_limit` trajectories per source, model, benchmark and mode; None: all; 0: no page)
+    under `out_dir` (default <run_dir>/analysis); this run's model cards get their evaluation tables.
+    Returns the collected analysis with the paths written."""
+    from .browser import PAGE, write_page
     from .manifest import record_inputs
 
+    if browser_limit is not None and (not isinstance(browser_limit, int) or browser_limit < 0):
+        raise AnalysisError(f"parameter 'browser_limit' is {browser_limit!r}; a count >= 0 or None (all)")
     run_dirs = [Path(path) for path in (runs or [run_dir])]
     analysis = collect(run_dirs, failing_examples)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "analysis"
     analysis["out_dir"] = str(out_dir)
+    if browser_limit != 0:
+        analysis["browser"] = write_page(analysis, out_dir / PAGE, browser_limit)
     analysis["figures"], analysis["report"] = write_report(analysis, out_dir)
+    analysis["model_cards"] = refresh_model_cards(run_dir, analysis)
     if record:
-        record_inputs(run_dir, files_read(analysis))
+        browsed = [path for run in run_dirs for path in sorted((run / "synthesize").glob("*_trajectories.jsonl"))] \
+            if analysis.get("browser") else []
+        record_inputs(run_dir, files_read(analysis) + [str(path) for path in browsed])
     return analysis
+
+
+def refresh_model_cards(run_dir, analysis):
+    """Rewrite the model card of each trained stage of this run with its evaluation table."""
+    from .cards import stage_evaluation, write_model_card
+
+    entries = [entry for run in analysis["runs"] for entry in run["evaluation"]]
+    written = []
+    for folder in step_folders(run_dir):
+        if step_of(folder.name) in STAGE_DIRS and (folder / "train_config.json").exists():
+            written.append(str(write_model_card(folder, run_dir, stage_evaluation(folder, entries))))
+    return written

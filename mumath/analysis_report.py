@@ -267,6 +267,15 @@ PER_RUN_SECTIONS = (("Filter funnel", filter_lines), ("Augmentation", augment_li
                     ("Synthesis", synthesis_lines), ("Training", training_lines))
 
 
+def browser_lines(browser):
+    """The link to the trajectory browser page written beside the report (mumath/browser.py), if any."""
+    if not browser:
+        return []
+    name = Path(browser["path"]).name
+    return ["", f"Trajectory browser: [{name}]({name}) ({browser['trajectories']} trajectories; one "
+                "self-contained page, open it in a browser)."]
+
+
 def write_report(analysis, out_dir):
     """Figures (PNG + SVG) and report.md under out_dir; returns (figure file names, report path)."""
     out_dir = Path(out_dir)
@@ -274,7 +283,7 @@ def write_report(analysis, out_dir):
     runs = analysis["runs"]
     several_runs = len(runs) > 1
     figures = Figures(out_dir, several_runs)
-    lines = runs_table(runs)
+    lines = runs_table(runs) + browser_lines(analysis.get("browser"))
     for run in runs:
         for title, render in PER_RUN_SECTIONS:
             lines += heading(title, run, several_runs) + render(run, figures)

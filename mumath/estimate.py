@@ -12,7 +12,10 @@ benchmarks and limits, the teacher's prices per 1M tokens) it estimates:
 Token counts per request are ASSUMPTIONS (`ASSUMPTIONS`, documented below) unless ``--usage-from <run>``
 names a finished run: then they are MEASURED from its teacher accounting (`augment/stats.json`), its
 solutions (`synthesize/<stage>.jsonl`: tokens and requests per solution) and its evaluation metrics (tokens
-per problem), and keep shares from its augment and filter statistics. Every number says which it is.
+per problem), and keep shares from its augment and filter statistics; training throughput comes from its
+stages' `stats.json`: a GPU run's measured MFU (and GPU type) replaces the assumed MFU 0.40 on an A100, and
+its tokens/s per GPU is used as is for a stage that trains a model of the same size. A CPU run has no MFU:
+its tokens/s is reported, the GPU assumption kept. Every number says which it is.
 """
 import re
 from pathlib import Path
@@ -142,6 +145,52 @@ def measured_usage(run_dir):
     return found, sources
 
 
+def measured_training(run_dir):
+    """Each training stage of a finished run (`<run>/<stage>/stats.json`): the job's tokens/s, processes,
+    parameters, device, GPU and MFU (None on CPU)."""
+    from .records import read_json
+
+    stages = {}
+    for path in sorted(Path(run_dir).glob("*/stats.json")):
+        stats = read_json(path) or {}
+        if not stats.get("tokens_per_second") or "finetune" not in stats:
+            continue  # not a training stage, or one that trained nothing
+        stages[path.parent.name] = {key: stats.get(key) for key in (
+            "tokens_per_second", "processes", "parameters", "device", "gpu", "mfu", "finetune", "tokens_trained")}
+        stages[path.parent.name]["source"] = str(path)
+    return stages
+
+
+def apply_measured_training(values, stages, sources):
+    """A GPU run's MFU (tokens-weighted over its stages) and GPU type replace the assumed ones."""
+    from .sft import peak_flops
+
+    on_gpu = [stage for stage in stages.values() if stage["mfu"] and peak_flops(stage["gpu"])]
+    if on_gpu:
+        weights = [stage["tokens_trained"] or 1 for stage in on_gpu]
+        values["train_mfu"] = sum(s["mfu"] * w for s, w in zip(on_gpu, weights)) / sum(weights)
+        values["gpu"], values["gpu_peak_flops"] = on_gpu[0]["gpu"], peak_flops(on_gpu[0]["gpu"])
+        sources["training MFU and GPU"] = ", ".join(stage["source"] for stage in on_gpu)
+    for name, stage in stages.items():
+        if not stage["mfu"]:
+            sources[f"{name} throughput"] = (
+                f"{stage['source']}: {stage['tokens_per_second']:,} tokens/s on {stage['device']} "
+                f"({stage['processes']} process(es)); no MFU measured there, so the GPU estimate keeps the "
+                "assumed MFU")
+    return values
+
+
+def training_throughput(stage, size, values, measured, mfu_measured):
+    """Tokens/s on one GPU for a stage: measured when the run trained a model of this size on a GPU, else
+    MFU x peak / (6 x parameters); with where the number comes from."""
+    run = measured.get(stage)
+    if run and run["mfu"] and run["parameters"] and abs(run["parameters"] / (size * 1e9) - 1) < 0.1:
+        per_gpu = run["tokens_per_second"] / max(1, run["processes"] or 1)
+        return per_gpu, f"measured: {run['source']} ({run['gpu']}, {run['processes']} process(es))"
+    per_gpu = values["train_mfu"] * values["gpu_peak_flops"] / (6 * size * 1e9)
+    return per_gpu, f"MFU {values['train_mfu']:.3g} ({'measured' if mfu_measured else 'assumed'}) on {values['gpu']}"
+
+
 # ------------------------------------------------------------------------------------------ estimate
 
 def _teacher_entry(requests, prompt_tokens, completion_tokens, params):
@@ -158,6 +207,10 @@ def estimate(params_file, usage_from=None, assumptions=None):
     values = dict(ASSUMPTIONS, **(assumptions or {}))
     measured, sources = measured_usage(usage_from) if usage_from else ({}, {})
     values.update(measured)
+    trained = measured_training(usage_from) if usage_from else {}
+    apply_measured_training(values, trained, sources)
+    if "training MFU and GPU" in sources:
+        measured.update(train_mfu=values["train_mfu"], gpu=values["gpu"], gpu_peak_flops=values["gpu_peak_flops"])
     teacher, questions, solutions = {}, 0, {}
 
     if "augment" in plan:
@@ -207,10 +260,11 @@ def estimate(params_file, usage_from=None, assumptions=None):
         if (p.get("max_steps") or -1) > 0 and p.get("global_batch_size"):  # the training branch's max_steps
             epochs = p["max_steps"] * p["global_batch_size"] / max(rows, 1)
             tokens = p["max_steps"] * p["global_batch_size"] * values["train_tokens_per_row"][stage]
-        per_gpu = values["train_mfu"] * values["gpu_peak_flops"] / (6 * size * 1e9)
+        per_gpu, throughput_from = training_throughput(stage, size, values, trained,
+                                                       "training MFU and GPU" in sources)
         training[stage] = {"rows": round(rows), "epochs": epochs, "tokens": round(tokens), "model": init,
                            "model_billions": size, "tokens_per_gpu_second": round(per_gpu),
-                           "gpu_hours": tokens / per_gpu / 3600,
+                           "throughput_from": throughput_from, "gpu_hours": tokens / per_gpu / 3600,
                            "from": "the file's training step" if stage in plan else
                            f"if trained as the paper does ({epochs:g} epochs); the file has no {stage} step"}
 
@@ -231,7 +285,12 @@ def estimate(params_file, usage_from=None, assumptions=None):
                         for key in plan)
     cpu = cpu_estimate(plan, values) if uses_embedded else None
     known_costs = [entry["cost_usd"] for entry in teacher.values()]
-    return {"params_file": str(params_file), "run": run_name, "teacher": teacher, "training": training,
+    gpu = {"name": values["gpu"], "peak_flops": values["gpu_peak_flops"], "train_mfu": values["train_mfu"],
+           "train_mfu_from": ("measured in " + sources["training MFU and GPU"]) if "training MFU and GPU" in sources
+           else "assumed",
+           "train_tokens_per_gpu_second_7b": round(values["train_mfu"] * values["gpu_peak_flops"] / (6 * 7e9)),
+           "eval_decode_tokens_per_second_7b": values["eval_decode_tokens_per_second_7b"]}
+    return {"gpu": gpu, "params_file": str(params_file), "run": run_name, "teacher": teacher, "training": training,
             "evaluation": evaluation, "cpu": cpu, "assumptions": {k: v for k, v in values.items() if k not in measured},
             "measured": measured, "measured_from": sources,
             "totals": {"teacher_requests": sum(e["requests"] for e in teacher.values()),
@@ -292,12 +351,16 @@ def format_estimate(result):
         cost = f"${totals['cost_usd']:,.2f}" if totals["cost_usd"] is not None else "unknown"
         lines.append(f"  teacher total: {totals['teacher_requests']:,} requests, {tokens(totals['prompt_tokens'])} "
                      f"+ {tokens(totals['completion_tokens'])} tokens, cost {cost}")
-    a = result["assumptions"]
-    gpu = a.get("gpu", ASSUMPTIONS["gpu"])
+    a, g = result["assumptions"], result["gpu"]
+    gpu = g["name"]
+    lines.insert(1, f"  GPU: {gpu}, {g['peak_flops'] / 1e12:g} TFLOP/s dense bf16 peak; training at MFU "
+                    f"{g['train_mfu']:.3g} ({g['train_mfu_from']}) = {g['train_tokens_per_gpu_second_7b']:,} "
+                    f"tokens/s/GPU for a 7B model; evaluation decodes {g['eval_decode_tokens_per_second_7b']:,} "
+                    "tokens/s/GPU for a 7B model (assumed, vLLM-style batching); other sizes scale by 7B / size")
     for stage, e in result["training"].items():
         lines.append(f"  training {stage}: {e['rows']:,} rows x {e['epochs']:g} epochs = {tokens(e['tokens'])} "
                      f"tokens on a {e['model_billions']:g}B model at {e['tokens_per_gpu_second']:,} tokens/s/GPU "
-                     f"-> {e['gpu_hours']:.3g} {gpu} GPU hours ({e['from']})")
+                     f"({e['throughput_from']}) -> {e['gpu_hours']:.3g} {gpu} GPU hours ({e['from']})")
     for mode, e in result["evaluation"].items():
         lines.append(f"  evaluation {mode}: {e['problems']:,} problems x {e['samples']} samples, "
                      f"{tokens(e['generated_tokens'])} generated tokens at {e['tokens_per_gpu_second']:,} tokens/s/GPU "
@@ -322,7 +385,8 @@ def add_estimate_arguments(check_parser):
     check_parser.add_argument("--estimate", action="store_true",
                               help="also print the teacher's requests, tokens and cost, and GPU hours")
     check_parser.add_argument("--usage-from", metavar="RUN_DIR",
-                              help="measure token counts and keep shares from this finished run")
+                              help="measure token counts, keep shares and training throughput (tokens/s, MFU and "
+                                   "GPU from its stages' stats.json) from this finished run")
 
 
 def print_estimate(args, params_file):

@@ -626,9 +626,16 @@ def _contamination_report(index, unavailable, overlap, keep, n):
 
 
 def run_filter(run_dir, synth_dir=None, data_dir=None, extra_benchmarks=None, decontaminate_benchmarks=None,
-               tokenizer="embedded", config=None, progress=True):
-    """Step 3 of a run: <run_dir>/synthesize/{cot,tir}.jsonl -> <run_dir>/filter/ (see the module docs)."""
+               tokenizer="embedded", config=None, progress=True, push_to_hub=False, hub_repo_id=None,
+               hub_private=True):
+    """Step 3 of a run: <run_dir>/synthesize/{cot,tir}.jsonl -> <run_dir>/filter/ (see the module docs), with
+    a dataset card (filter/README.md); `push_to_hub` uploads the kept data and the card to `hub_repo_id`."""
+    from .cards import CardError, push_dataset, write_dataset_card
     from .manifest import record_inputs
+
+    if push_to_hub and (not hub_repo_id or str(hub_repo_id).count("/") != 1):
+        raise CardError(f"parameter 'push_to_hub' is on and 'hub_repo_id' is {hub_repo_id!r}: set it to "
+                        "'<user or org>/<name>'")
 
     config = config or FilterConfig()
     files = input_files(synth_dir or Path(run_dir) / "synthesize")
@@ -639,8 +646,12 @@ def run_filter(run_dir, synth_dir=None, data_dir=None, extra_benchmarks=None, de
         print(f"warning: decontamination could not check '{name}': {reason}")
     counter = TokenCounter.from_spec(tokenizer) if config.max_tokens is not None else None
     record_inputs(run_dir, inputs)
-    return filter_rows(files, Path(run_dir) / "filter", config, index, unavailable, counter,
-                       seed_questions_of(Path(run_dir) / "augment" / "questions.jsonl"), progress)
+    stats = filter_rows(files, Path(run_dir) / "filter", config, index, unavailable, counter,
+                        seed_questions_of(Path(run_dir) / "augment" / "questions.jsonl"), progress)
+    write_dataset_card(Path(run_dir) / "filter", run_dir)
+    if push_to_hub:
+        stats["hub_commit"] = push_dataset(Path(run_dir) / "filter", hub_repo_id, hub_private)
+    return stats
 
 
 def seed_questions_of(questions_file):

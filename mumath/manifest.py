@@ -18,7 +18,7 @@ from .records import read_json, write_json
 
 PACKAGES = ["mumath", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
             "papermill", "math-verify", "sympy", "numpy", "openai", "datasketch", "matplotlib",
-            "llama_cpp_python", "gguf"]
+            "llama_cpp_python", "gguf", "tensorboard", "huggingface_hub"]
 INPUTS_FILE = "inputs.txt"
 
 

@@ -239,7 +239,21 @@ def main(argv=None):
     check_parser = commands.add_parser("check", help="validate params files without running")
     check_parser.add_argument("params", nargs="+")
     add_estimate_arguments(check_parser)
+    push_parser = commands.add_parser("push", help="upload a stage's final model or the filtered data, with its "
+                                                   "card, to the Hugging Face Hub (token: HF_TOKEN)")
+    push_parser.add_argument("folder", help="<run>/stage1, <run>/stage2 (or a variant's folder) or <run>/filter")
+    push_parser.add_argument("--repo-id", required=True, help="<user or org>/<name>")
+    push_parser.add_argument("--public", action="store_true", help="create the repository public (default private)")
     args = parser.parse_args(argv)
+    if args.command == "push":
+        from .cards import CardError, push_folder
+
+        try:
+            print(f"[mumath] pushed: {push_folder(args.folder, args.repo_id, private=not args.public)}")
+        except CardError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     try:
         if args.command == "check":
             for params_file in args.params:

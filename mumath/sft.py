@@ -35,6 +35,8 @@ AUTO_PACKING = {"cpu": True, "cuda": True}
 PEAK_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("A10", 125e12),
               ("L4", 121e12), ("V100", 125e12), ("T4", 65e12)]
 CONFIG_FILE, FINAL, STATS, LOG = "train_config.json", "final", "stats.json", "log.jsonl"
+TENSORBOARD = "tensorboard"  # <stage>/tensorboard/: the event files (`tensorboard --logdir outputs/<run>`)
+REPORT_TO = ("tensorboard", "wandb", "trackio", "none")
 
 
 class TrainConfigError(ValueError):
@@ -75,6 +77,7 @@ class TrainConfig:
     data_fraction: float = 1.0        # train on this share of the rows: a seeded subset, nested across shares
     seed: int = 0
     prompt_dir: object = None
+    report_to: object = "tensorboard"  # tensorboard | wandb | trackio | none, or a list of them
 
     def validate(self):
         if self.finetune not in FINETUNE_MODES:
@@ -99,6 +102,7 @@ class TrainConfig:
             raise TrainConfigError(f"parameter 'data_fraction' must be in (0, 1], got {self.data_fraction}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TrainConfigError("set 'epochs' > 0 or 'max_steps' > 0")
+        report_targets(self.report_to)
         return self
 
     @classmethod
@@ -108,6 +112,17 @@ class TrainConfig:
         if unknown:
             raise TrainConfigError(f"unknown training parameter(s) {sorted(unknown)}")
         return cls(**data).validate()
+
+
+def report_targets(report_to):
+    """`report_to` (a name or a list) -> the list of trackers; 'none' alone (or an empty list) is none."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in names if name not in REPORT_TO]
+    if unknown:
+        raise TrainConfigError(f"parameter 'report_to' names {unknown}; each one of {REPORT_TO}")
+    if "none" in names and len(names) > 1:
+        raise TrainConfigError(f"parameter 'report_to' is {names}: 'none' cannot be combined with a tracker")
+    return [name for name in names if name != "none"]
 
 
 # ---------------------------------------------------------------- device, batch, precision
@@ -246,11 +261,13 @@ def qlora_quantization(compute_dtype="bf16"):
                                                              .get(compute_dtype, "bfloat16")))
 
 
-def check_qlora_device(device):
-    if device != "cuda":
-        raise TrainConfigError(
-            "parameter 'finetune' is 'qlora', which needs a CUDA GPU (bitsandbytes 4-bit NF4 kernels); this "
-            "machine has none. Use finetune 'lora' or 'full' here, or run on a GPU (params/colab-t4-qlora.yaml)")
+QLORA_CPU_NOTE = ("[train] finetune 'qlora' on CPU: bitsandbytes runs NF4 there through its slow CPU path "
+                  "(seconds per step even for a tiny model); use it to check a recipe, train on a CUDA GPU")
+
+
+def qlora_device_note(device):
+    """QLoRA runs everywhere bitsandbytes 0.50 does (CUDA, and NF4 on CPU); on CPU it is slow, say so."""
+    return QLORA_CPU_NOTE if device != "cuda" else None
 
 
 def torch_dtype(precision):
@@ -292,7 +309,7 @@ def fingerprint(config, data_path, init_path):
     from .manifest import sha256_path
 
     settings = {key: value for key, value in asdict(config).items()
-                if key not in ("output_dir", "save_steps", "save_total_limit")}
+                if key not in ("output_dir", "save_steps", "save_total_limit", "report_to")}
     blob = {"config": settings, "data": sha256_path(data_path),
             "init_model": sha256_path(init_path) if Path(init_path).exists() else str(init_path)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
@@ -314,6 +331,7 @@ def prepare_output(out, print_fn=print, digest=None):
     if previous is not None and previous != digest:
         print_fn(f"[train] {out}: configuration, data or initial model changed; discarding old checkpoints")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # curves of another configuration would mix in
         (out / LOG).unlink(missing_ok=True)
 
 
@@ -343,6 +361,36 @@ def make_callbacks(log_path, counter):
             counter.step_seconds += time.perf_counter() - counter.step_started
 
     return [JsonlLog(), Timing()]
+
+
+def tensorboard_callback(folder):
+    """transformers' TensorBoard callback, writing its event files to `folder` (rank 0 only, on first log).
+
+    Set here rather than through `report_to`, which would put them under checkpoints/runs/<date_host>/."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(folder)
+    return callback
+
+
+class Throughput:
+    """Tokens per second of the steps since the last log line (this process's batches: per process).
+
+    Tokens are counted as the training step receives its batch, not in the collator: the data loader
+    collates a batch ahead, which would credit a step's tokens to the one before."""
+
+    def __init__(self, counter):
+        self.counter, self.tokens, self.seconds = counter, 0, 0.0
+
+    def add(self, inputs):
+        mask = inputs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+
+    def since_last(self):
+        seconds = self.counter.step_seconds - self.seconds
+        tokens, self.tokens, self.seconds = self.tokens, 0, self.counter.step_seconds
+        return round(tokens / seconds, 1) if seconds > 0 and tokens else None
 
 
 class CountingCollator:
@@ -375,6 +423,32 @@ def reduce_counts(counter):
     return int(counts[0]), int(counts[1])
 
 
+def parameter_count(parameter):
+    """Elements of one parameter in the whole model, not in this process's shard.
+
+    ZeRO-3 leaves an empty local tensor and keeps the full size in `ds_numel`; FSDP2's DTensors report the
+    global shape; bitsandbytes' 4-bit weights pack two values per byte and keep the shape in `quant_state`.
+    """
+    quant_state = getattr(parameter, "quant_state", None)  # before ds_numel: ZeRO-3 counts packed bytes
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        import math
+
+        return math.prod(quant_state.shape)
+    if hasattr(parameter, "ds_numel"):
+        return int(parameter.ds_numel)
+    return parameter.numel()
+
+
+def parameter_counts(model):
+    """(trainable, total) parameters of the whole model, however it is sharded or quantized."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter_count(parameter)
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return trainable, total
+
+
 def peak_memory_gb(device):
     import resource
 
@@ -385,14 +459,23 @@ def peak_memory_gb(device):
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB -> GiB (Linux)
 
 
-def mfu(params, tokens_per_second, device):
-    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted)."""
+def gpu_name(device):
     import torch
 
-    if device != "cuda":
-        return None
-    name = torch.cuda.get_device_name(0)
-    peak = next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return torch.cuda.get_device_name(0) if device == "cuda" else None
+
+
+def peak_flops(name):
+    """The dense bf16/fp16 peak of a GPU named like 'NVIDIA H100 80GB HBM3' (None when not in PEAK_FLOPS)."""
+    return next((flops for key, flops in PEAK_FLOPS if key in str(name or "")), None)
+
+
+def mfu(params, tokens_per_second, device):
+    """Model FLOPs utilization: 6 x parameters x tokens/s over the GPU's dense peak (attention not counted).
+
+    `params` counts the whole model (`parameter_counts`) and tokens/s the whole job, so the peak is that of
+    every process's GPU."""
+    peak = peak_flops(gpu_name(device)) if device == "cuda" else None
     if peak is None:
         return None
     return round(6 * params * tokens_per_second / (peak * world_size()), 4)
@@ -456,7 +539,11 @@ def sft_arguments(config, out, settings):
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
         bf16=uses_bf16(precision), fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        logging_steps=1, logging_first_step=True, report_to=[], seed=config.seed, data_seed=config.seed,
+        logging_steps=1, logging_first_step=True, seed=config.seed, data_seed=config.seed,
+        # TensorBoard is added as a callback (event files under the stage folder); wandb and trackio read
+        # their project and key from the environment (WANDB_PROJECT, WANDB_API_KEY, ...), never from here.
+        report_to=[name for name in report_targets(config.report_to) if name != "tensorboard"],
+        run_name=f"{Path(out).parent.name}/{Path(out).name}",
         ddp_find_unused_parameters=False if settings["processes"] > 1 else None)
 
 
@@ -472,6 +559,20 @@ def trainer_class():
         profile on the embedded model. There the model computes its own loss from `labels` (same value: sum
         over target tokens / `num_items_in_batch`); TRL's entropy and token-accuracy metrics are not logged.
         """
+
+        throughput = None  # a Throughput, set by build_trainer: adds tokens/s to every log line
+
+        def log(self, logs, start_time=None):
+            if self.throughput is not None and "loss" in logs:
+                tokens_per_second = self.throughput.since_last()
+                if tokens_per_second is not None:
+                    logs["tokens_per_second"] = tokens_per_second
+            super().log(logs, start_time)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.throughput is not None:
+                self.throughput.add(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if inputs["input_ids"].device.type == "cuda":
@@ -508,7 +609,11 @@ def build_trainer(config, examples, tokenizer, init_path, out, device=None):
                                   peft_config=lora_config(config) if config.finetune != "full" else None)
     counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
-    for callback in make_callbacks(Path(out) / LOG, counter):
+    trainer.throughput = Throughput(counter)
+    callbacks = make_callbacks(Path(out) / LOG, counter)
+    if "tensorboard" in report_targets(config.report_to):
+        callbacks.append(tensorboard_callback(Path(out) / TENSORBOARD))
+    for callback in callbacks:
         trainer.add_callback(callback)
     return trainer, counter, settings
 
@@ -522,9 +627,8 @@ def train(config, print_fn=print):
 
     config.validate()
     device = device_kind()
-    if config.finetune == "qlora":
-        qlora_quantization()  # build and validate the quantization config even where it cannot run
-        check_qlora_device(device)
+    if config.finetune == "qlora" and qlora_device_note(device):
+        print_fn(qlora_device_note(device))
     out = Path(config.output_dir)
     init_path = resolve_model_path(config.init_model)
     digest = fingerprint(config, config.data, init_path)
@@ -561,9 +665,8 @@ def train(config, print_fn=print):
     seconds = time.perf_counter() - started
     tokens, positions = reduce_counts(counter)
 
-    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in trainer.model.parameters())
+    save_final(trainer, config, init_path, tokenizer, final, digest, settings["precision"], rank0, print_fn)
+    trainable, total_params = parameter_counts(trainer.model)
     tokens_per_second = tokens / counter.step_seconds if counter.step_seconds else 0.0
     stats = {
         "stage_dir": str(out), "init_model": str(config.init_model), "data": str(config.data),
@@ -577,7 +680,7 @@ def train(config, print_fn=print):
         "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
         "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
         "trainable_parameters": trainable, "parameters": total_params,
-        "mfu": mfu(total_params, tokens_per_second, device),
+        "mfu": mfu(total_params, tokens_per_second, device), "gpu": gpu_name(device),
     }
     if rank0:
         write_json(out / STATS, stats)
@@ -602,40 +705,71 @@ def last_logged_loss(history):
     return losses[-1] if losses else None
 
 
-def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0):
-    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base."""
-    import torch
+def save_final(trainer, config, init_path, tokenizer, final, digest, precision, rank0, print_fn=print):
+    """<stage>/final: plain safetensors + tokenizer + chat template; a LoRA adapter is merged into its base.
 
+    Every rank takes part in gathering the weights (ZeRO-3 / FSDP shards); the rest happens on rank 0 alone
+    and ends with no collective call, so the other ranks never wait on rank 0's merge (a long merge, or one
+    that fails, cannot leave them blocked at a barrier).
+    """
     tmp = final.with_name(final.name + ".partial")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while saving
-    if config.finetune == "full":
-        trainer.save_model(str(tmp))  # gathers ZeRO-3 / FSDP shards on rank 0
-    else:
-        adapter = final.parent / "adapter"
-        trainer.save_model(str(adapter))
-        if rank0:
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
+    adapter = final.parent / "adapter"
+    # Collective: gathers ZeRO-3 / FSDP shards to rank 0, which writes them.
+    trainer.save_model(str(tmp if config.finetune == "full" else adapter))
+    if not rank0:
+        return
+    if config.finetune != "full":
+        # Merge into the unquantized base (merging into 4-bit weights would round them again).
+        dtype = torch_dtype(precision if config.finetune == "qlora" or uses_bf16(precision) else "fp32")
+        merge_adapter(init_path, adapter, dtype, tmp)
+    tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
+    tokenizer.save_pretrained(str(tmp))
+    write_json(tmp / "mumath_train.json",
+               {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
+                "finetune": config.finetune, "mode": config.mode, "prompt_format": config.prompt_format})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    print_fn(f"[train] wrote {final}")
 
-            # Merge into the unquantized base (merging into 4-bit weights would round them again).
-            dtype = torch_dtype(precision if config.finetune == "qlora" or uses_bf16(precision) else "fp32")
-            base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
-            with peft_wrapping():
-                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.save_pretrained(str(tmp), safe_serialization=True)
-    if rank0:
-        tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "mumath_train.json",
-                   {"fingerprint": digest, "init_model": str(config.init_model), "data": str(config.data),
-                    "finetune": config.finetune, "mode": config.mode,
-                    "prompt_format": config.prompt_format})
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+
+def merge_adapter(init_path, adapter, dtype, out):
+    """Base model + LoRA adapter -> one plain model in `out`, loaded whole in this process.
+
+    Runs on one rank while the others may have left: the base must load as an ordinary model, outside
+    DeepSpeed's sharded initialisation (which would turn the load into a broadcast the other ranks never join).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with outside_zero3_init():
+        base = AutoModelForCausalLM.from_pretrained(init_path, dtype=dtype)
+    with peft_wrapping():
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+
+
+class outside_zero3_init:
+    """Within: `from_pretrained` builds a whole model in this process, even while a ZeRO-3 Trainer lives.
+
+    transformers consults one process-wide reference to the Trainer's DeepSpeed config and, under ZeRO-3,
+    wraps every model construction in `deepspeed.zero.Init` (parameters partitioned over all ranks).
+    """
+
+    def __enter__(self):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        self.saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        hf_deepspeed._hf_deepspeed_config_weak_ref = self.saved
+        return False
 
 
 # ---------------------------------------------------------------- launching
@@ -647,6 +781,7 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     <output_dir>/stats.json.
     """
     config.validate()
+    check_launch_mode(config, accelerate_config)
     if num_processes <= 1 and not accelerate_config:
         return train(config, print_fn)
     out = Path(config.output_dir)
@@ -667,18 +802,62 @@ def launch(config, num_processes=1, accelerate_config=None, print_fn=print):
     if device_kind() == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, num_processes))))
     print_fn("[train] " + " ".join(command))
-    completed = subprocess.run(command, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"accelerate launch exited with {completed.returncode} (command: {' '.join(command)})")
+    returncode = run_process_group(command, env)
+    if returncode != 0:
+        raise RuntimeError(f"accelerate launch exited with {returncode} (command: {' '.join(command)})")
     return json.loads((out / STATS).read_text())
 
 
+def check_launch_mode(config, accelerate_config):
+    """Refuse, before anything starts, an accelerate config that is missing or a mode that is not supported
+    (QLoRA under FSDP: its 4-bit weights need FSDP1's quant_storage handling)."""
+    if not accelerate_config:
+        return
+    import yaml
+
+    path = Path(accelerate_config)
+    if not path.is_file():
+        raise TrainConfigError(f"parameter 'accelerate_config': {path} does not exist (see configs/accelerate/)")
+    distributed_type = (yaml.safe_load(path.read_text()) or {}).get("distributed_type")
+    if config.finetune == "qlora" and distributed_type == "FSDP":
+        raise TrainConfigError(f"parameter 'finetune' is 'qlora' and accelerate_config {path} is FSDP: not supported; "
+                               "use configs/accelerate/zero3.yaml, or finetune 'lora'")
+
+
+def run_process_group(command, env):
+    """Run the launcher and its ranks as one process group; if this process is interrupted (Ctrl-C, a test's
+    timeout), end the whole group so that no rank is left behind holding memory or a port."""
+    import signal
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the ranks get a moment to exit, then are killed
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        raise
+
+
 def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accelerate_config=None, step_name=None,
-              **settings):
-    """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log).
+              push_to_hub=False, hub_repo_id=None, hub_private=True, **settings):
+    """Step 4 or 5 of a run: <run_dir>/filter/<stage>.jsonl -> <run_dir>/<stage>/final (+ stats, log,
+    TensorBoard events, model card README.md).
 
     `init_model` defaults to the embedded model for stage 1 and to <run_dir>/stage1/final for stage 2.
+    With `push_to_hub`, final/ and its card go to the hub repository `hub_repo_id` (token from HF_TOKEN).
     """
+    from .cards import CardError, push_stage, write_model_card
+
+    if push_to_hub and (not hub_repo_id or str(hub_repo_id).count("/") != 1):
+        raise CardError(f"parameter 'push_to_hub' is on and 'hub_repo_id' is {hub_repo_id!r}: set it to "
+                        "'<user or org>/<name>'")
     from .manifest import record_inputs
     from .models import resolve_model_path
 
@@ -693,7 +872,12 @@ def run_stage(run_dir, stage, data=None, init_model=None, num_processes=1, accel
                                         init_model=init_model))
     init_path = resolve_model_path(init_model)
     record_inputs(run_dir, [data] + ([init_path] if Path(init_path).exists() else []))
-    return launch(config, num_processes, accelerate_config)
+    stats = launch(config, num_processes, accelerate_config)
+    card = write_model_card(config.output_dir, run_dir)
+    if push_to_hub:
+        stats["hub_commit"] = push_stage(config.output_dir, hub_repo_id, hub_private)
+        print(f"[train] pushed {config.output_dir}/final and {card.name} to {hub_repo_id}: {stats['hub_commit']}")
+    return stats
 
 
 def main(argv=None):

@@ -132,3 +132,45 @@ def test_training_steps_of_the_file_are_used(monkeypatch):
     assert stage1["epochs"] == 2.0 and stage1["model_billions"] == 13 and stage1["from"] == "the file's training step"
     assert stage1["tokens"] == round(100 * a["filter_keep_share"] * a["train_tokens_per_row"]["stage1"] * 2)
     assert stage2["tokens"] == 10 * 8 * a["train_tokens_per_row"]["stage2"] and stage2["model_billions"] == 13
+
+
+def test_estimate_states_the_gpu_and_throughput_it_assumes(params_file):
+    result = estimate(params_file)
+    text = format_estimate(result)
+    per_gpu_7b = round(ASSUMPTIONS["train_mfu"] * ASSUMPTIONS["gpu_peak_flops"] / (6 * 7e9))
+    assert result["gpu"]["name"] == "A100-80GB" and result["gpu"]["train_mfu_from"] == "assumed"
+    assert f"GPU: A100-80GB, 312 TFLOP/s dense bf16 peak; training at MFU 0.4 (assumed) = {per_gpu_7b:,} " \
+           "tokens/s/GPU for a 7B model" in text
+    assert "(MFU 0.4 (assumed) on A100-80GB)" in text
+
+
+def write_stage_stats(run, stage, **stats):
+    write_json(run / stage / "stats.json", dict({"finetune": "full", "tokens_trained": 1000}, **stats))
+
+
+def test_usage_from_a_gpu_run_uses_its_mfu_gpu_and_tokens_per_second(params_file, tmp_path):
+    run = tmp_path / "gpu-run"
+    # stage1 trained a 13B model (the plan's size): its tokens/s per GPU is used as measured.
+    write_stage_stats(run, "stage1", tokens_per_second=8000.0, processes=8, parameters=13.0e9, device="cuda",
+                      gpu="NVIDIA H100 80GB HBM3", mfu=0.31)
+    result = estimate(params_file, usage_from=run)
+    assert result["gpu"]["name"] == "NVIDIA H100 80GB HBM3" and result["gpu"]["peak_flops"] == 989e12
+    assert result["gpu"]["train_mfu"] == pytest.approx(0.31) and result["measured"]["train_mfu"] == 0.31
+    assert result["training"]["stage1"]["tokens_per_gpu_second"] == 1000
+    assert result["training"]["stage1"]["throughput_from"].startswith("measured: ")
+    # stage2 has no measurement of its own: the measured MFU on the measured GPU
+    stage2 = result["training"]["stage2"]
+    assert stage2["tokens_per_gpu_second"] == round(0.31 * 989e12 / (6 * 13e9))
+    assert stage2["throughput_from"] == "MFU 0.31 (measured) on NVIDIA H100 80GB HBM3"
+    assert "train_mfu" not in result["assumptions"]
+    assert "(measured" in format_estimate(result).splitlines()[1]
+
+
+def test_usage_from_a_cpu_run_reports_its_tokens_per_second_and_keeps_the_assumed_mfu(params_file, tmp_path):
+    run = tmp_path / "cpu-run"
+    write_stage_stats(run, "stage2", tokens_per_second=57.0, processes=1, parameters=134_515_008, device="cpu",
+                      gpu=None, mfu=None)
+    result = estimate(params_file, usage_from=run)
+    assert result["gpu"]["train_mfu"] == ASSUMPTIONS["train_mfu"] and result["gpu"]["name"] == "A100-80GB"
+    assert "57.0 tokens/s on cpu" in result["measured_from"]["stage2 throughput"]
+    assert result["training"]["stage2"]["throughput_from"] == "MFU 0.4 (assumed) on A100-80GB"

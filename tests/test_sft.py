@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mumath.sft import (TrainConfig, TrainConfigError, accumulation_steps, check_qlora_device, lora_config,
-                        qlora_quantization, train)
+from mumath.sft import (QLORA_CPU_NOTE, TrainConfig, TrainConfigError, accumulation_steps, lora_config,
+                        qlora_device_note, qlora_quantization, train)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,20 +132,31 @@ def test_bad_configuration_names_the_parameter(tmp_path):
         TrainConfig.from_dict({"output_dir": "o", "data": "d", "lerning_rate": 1.0})
 
 
-def test_qlora_configuration_is_built_and_cpu_fails_clearly(tmp_path, tiny_model, rows_file):
+def test_qlora_trains_on_cpu_with_a_note_and_counts_its_4bit_weights_whole(tmp_path, tiny_model, rows_file):
+    """bitsandbytes 0.50 runs NF4 on CPU: QLoRA trains there (slowly, and says so) and its merged final
+    folder holds plain weights, moved by training."""
     import torch
+    from safetensors.torch import load_file
 
     quantization = qlora_quantization("bf16")
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
     assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype == torch.bfloat16
     adapters = lora_config(TrainConfig(output_dir="o", data="d", finetune="qlora"))
     assert adapters.r == 16 and adapters.target_modules == "all-linear"
-    with pytest.raises(TrainConfigError, match="'qlora', which needs a CUDA GPU"):
-        check_qlora_device("cpu")
+    assert qlora_device_note("cuda") is None and "slow" in qlora_device_note("cpu")
+
+    printed = []
+    config = config_for(tmp_path, tiny_model, rows_file, finetune="qlora", max_steps=2, precision="fp32")
+    stats = train(config, print_fn=printed.append)
     if not torch.cuda.is_available():
-        with pytest.raises(TrainConfigError, match="needs a CUDA GPU.*Use finetune 'lora' or 'full'"):
-            train(config_for(tmp_path, tiny_model, rows_file, finetune="qlora"))
-        assert not (tmp_path / "stage").exists(), "fails before writing anything"
+        assert QLORA_CPU_NOTE in printed
+    final = Path(config.output_dir) / "final"
+    base, merged = load_file(tiny_model / "model.safetensors"), load_file(final / "model.safetensors")
+    assert set(merged) == set(base) and merged["model.layers.0.mlp.up_proj.weight"].dtype == torch.float32
+    assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    # 4-bit weights pack two values a byte: counted by their shape, as many as the plain model's (+ the adapter's)
+    assert stats["parameters"] == sum(tensor.numel() for tensor in base.values()) + stats["trainable_parameters"]
+    assert 0 < stats["trainable_parameters"] < stats["parameters"] and stats["steps"] == 2
 
 
 @pytest.mark.parametrize("finetune,packing", [("full", False), ("lora", True)])
@@ -245,6 +256,94 @@ def test_data_fraction_takes_nested_seeded_subsets():
     assert quarter != rows[:10], "a seeded sample, not the first rows"
     with pytest.raises(TrainConfigError, match="data_fraction"):
         TrainConfig(output_dir="x", data="y", data_fraction=0).validate()
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi: records the calls, reads every uploaded file (no network)."""
+    calls = []
+
+    def __init__(self, *args, **kwargs):
+        FakeHfApi.calls.append(("init", kwargs))
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        FakeHfApi.calls.append(("create_commit", repo_id, files, kwargs))
+        return type("CommitInfo", (), {"commit_url": f"https://hub.invalid/{repo_id}/commit/1"})()
+
+
+def test_stage_logs_to_tensorboard_writes_a_model_card_and_pushes_final_with_it(tmp_path, tiny_model, rows_file,
+                                                                               monkeypatch):
+    """The stage folder's layout, the TensorBoard scalars, the card, and the push call (HfApi mocked)."""
+    import huggingface_hub
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mumath.sft import run_stage
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"run": "run", "params_file": "params/x.yaml",
+                                                       "git": {"commit": "abc123", "dirty": False}}))
+    settings = {key: value for key, value in asdict(config_for(tmp_path, tiny_model, rows_file)).items()
+                if key not in ("output_dir", "data", "init_model")}
+    stats = run_stage(run_dir, "stage1", data=str(rows_file), init_model=str(tiny_model), push_to_hub=True,
+                      hub_repo_id="someone/stage1", **settings)
+    stage = run_dir / "stage1"
+    assert {"final", "tensorboard", "README.md", "log.jsonl", "stats.json", "train_config.json"} <= \
+        {path.name for path in stage.iterdir()}
+    events = EventAccumulator(str(stage / "tensorboard")).Reload()
+    scalars = {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second"):
+        assert scalars[tag] == [1, 2, 3], tag
+    logged = [row for row in read_log(stage) if "loss" in row]
+    assert all(row["tokens_per_second"] > 0 for row in logged)
+    card = (stage / "README.md").read_text()
+    fingerprint = json.loads((stage / "train_config.json").read_text())["fingerprint"]
+    assert card.startswith("---\n") and "library_name: transformers" in card and fingerprint in card
+    assert str(rows_file) in card and "| learning_rate | 0.001 |" in card and "abc123" in card
+    manifest_sha = __import__("hashlib").sha256((run_dir / "manifest.json").read_bytes()).hexdigest()
+    assert manifest_sha in card and "Not evaluated yet" in card
+    [(_, repo_id, kwargs)] = [call for call in FakeHfApi.calls if call[0] == "create_repo"]
+    assert repo_id == "someone/stage1" and kwargs == {"repo_type": "model", "private": True, "exist_ok": True}
+    [(_, _, files, _)] = [call for call in FakeHfApi.calls if call[0] == "create_commit"]
+    assert files["README.md"].decode() == card and files["model.safetensors"] == \
+        (stage / "final" / "model.safetensors").read_bytes()
+    assert "tokenizer_config.json" in files and "training/log.jsonl" in files
+    assert any(name.startswith("runs/events.out.tfevents") for name in files)
+    assert stats["hub_commit"].endswith("/commit/1")
+    assert ("init", {}) in FakeHfApi.calls  # no token passed in code: huggingface_hub reads HF_TOKEN itself
+
+
+def test_report_to_is_validated_and_push_needs_a_repository_before_training(tmp_path):
+    from mumath.cards import CardError
+    from mumath.sft import report_targets, run_stage
+
+    assert report_targets("tensorboard") == ["tensorboard"] and report_targets("none") == []
+    assert report_targets(["tensorboard", "wandb"]) == ["tensorboard", "wandb"]
+    with pytest.raises(TrainConfigError, match="'report_to' names \\['tensorbord'\\]"):
+        TrainConfig(output_dir="o", data="d", report_to="tensorbord").validate()
+    with pytest.raises(TrainConfigError, match="'none' cannot be combined"):
+        report_targets(["none", "wandb"])
+    with pytest.raises(CardError, match="'hub_repo_id' is None"):
+        run_stage(tmp_path, "stage1", push_to_hub=True)
+    assert not (tmp_path / "stage1").exists()
+
+
+def test_changed_configuration_clears_old_curves_and_checkpoints(tmp_path):
+    from mumath.sft import prepare_output
+
+    for folder in ("checkpoints/checkpoint-2", "tensorboard"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_text("old")
+    (tmp_path / "train_config.json").write_text(json.dumps({"fingerprint": "old"}))
+    prepare_output(tmp_path, print_fn=lambda *_: None, digest="old")
+    assert (tmp_path / "tensorboard" / "events.out.tfevents.1").exists()  # same configuration: resumed, kept
+    prepare_output(tmp_path, print_fn=lambda *_: None, digest="new")
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_a_lora_stage_with_checkpointing_trains_without_deprecation_warnings(tmp_path, tiny_model, rows_file):

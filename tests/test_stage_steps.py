@@ -67,7 +67,8 @@ def test_stage1_stage2_evaluate_through_the_notebooks(tmp_path, data_dir):
         "stage1": {"init_model": str(tiny), "data": str(data)},
         "stage2": {"data": str(data)},
         "evaluate": {"model": "{run_dir}/stage2/final", "benchmarks": ["gsm8k"], "limit": 1, "modes": ["tir"],
-                     "max_new_tokens": 8, "max_rounds": 1, "exec_workers": 1, "data_dir": str(data_dir)}}}
+                     "max_new_tokens": 8, "max_rounds": 1, "exec_workers": 1, "data_dir": str(data_dir)},
+        "analysis": {}}}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(params))
     out = subprocess.run([sys.executable, "-m", "mumath", "run", str(path), "--outputs", str(tmp_path / "o")],
@@ -80,3 +81,10 @@ def test_stage1_stage2_evaluate_through_the_notebooks(tmp_path, data_dir):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {manifest["steps"][s]["status"] for s in ("stage1", "stage2", "evaluate")} == {"completed"}
     assert any(name.endswith("stage2/final") for name in manifest["inputs"]), "evaluate recorded the trained model"
+    # watch training: event files in each stage folder; the stage-2 card gains its evaluation from the analysis
+    assert all(any((run_dir / stage / "tensorboard").glob("events.out.tfevents.*")) for stage in ("stage1", "stage2"))
+    card = (run_dir / "stage2" / "README.md").read_text()
+    assert "| this model | gsm8k | tir | 1 |" in card and "Not evaluated yet" in (run_dir / "stage1" / "README.md").read_text()
+    page = (run_dir / "analysis" / "browser.html").read_text()
+    assert page.count('<details class="traj"') == 1 and "[browser.html](browser.html)" in \
+        (run_dir / "analysis" / "report.md").read_text()
