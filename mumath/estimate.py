@@ -46,6 +46,14 @@ ASSUMPTIONS = {
     "eval_completion_tokens": {"tir": 450, "cot": 350},  # generated per problem (all rounds)
     "eval_decode_tokens_per_second_7b": 2500,  # one GPU, batched (vLLM); scaled by 7B / model size
     "model_billions": 7.0,                # when no model name says its size
+    # The CPU estimate (the embedded model on 2 cores with native bf16; see docs/cpu-speed.md for the runs
+    # these come from): training tokens/s under precision auto (bf16 autocast), engine decode tokens/s, the
+    # share of reference solutions that pass the filter, and tokens per training row.
+    "cpu_train_tokens_per_second": 200, "cpu_eval_tokens_per_second": 150,
+    "cpu_reference_keep_share": {"stage1": 0.99, "stage2": 0.77},
+    "cpu_train_tokens_per_row": {"stage1": 210, "stage2": 360},
+    "cpu_eval_completion_tokens": {"tir": 220, "cot": 160},
+    "cpu_minutes_per_step": 0.5,          # kernel start, model load, writing outputs
 }
 
 
@@ -305,6 +313,10 @@ def estimate(params_file, usage_from=None, assumptions=None):
                                 "model": p["model"], "tokens_per_gpu_second": round(per_gpu),
                                 "gpu_hours": tokens / per_gpu / 3600}
 
+    # The CPU estimate is for plans that train or evaluate the embedded model (the one sized for CPUs).
+    uses_embedded = any("embedded" in ((plan.get(key) or {}).get("model"), (plan.get(key) or {}).get("init_model"))
+                        for key in plan)
+    cpu = cpu_estimate(plan, values) if uses_embedded else None
     known_costs = [entry["cost_usd"] for entry in teacher.values()]
     gpu = {"name": values["gpu"], "peak_flops": values["gpu_peak_flops"], "train_mfu": values["train_mfu"],
            "train_mfu_from": ("measured in " + sources["training MFU and GPU"]) if "training MFU and GPU" in sources
@@ -312,7 +324,7 @@ def estimate(params_file, usage_from=None, assumptions=None):
            "train_tokens_per_gpu_second_7b": round(values["train_mfu"] * values["gpu_peak_flops"] / (6 * 7e9)),
            "eval_decode_tokens_per_second_7b": values["eval_decode_tokens_per_second_7b"]}
     return {"gpu": gpu, "params_file": str(params_file), "run": run_name, "teacher": teacher, "training": training,
-            "evaluation": evaluation, "assumptions": {k: v for k, v in values.items() if k not in measured},
+            "evaluation": evaluation, "cpu": cpu, "assumptions": {k: v for k, v in values.items() if k not in measured},
             "measured": measured, "measured_from": sources,
             "totals": {"teacher_requests": sum(e["requests"] for e in teacher.values()),
                        "prompt_tokens": sum(e["prompt_tokens"] for e in teacher.values()),
@@ -320,6 +332,40 @@ def estimate(params_file, usage_from=None, assumptions=None):
                        "cost_usd": sum(known_costs) if known_costs and None not in known_costs else None,
                        "training_gpu_hours": sum(e["gpu_hours"] for e in training.values()),
                        "evaluation_gpu_hours": sum(e["gpu_hours"] for e in evaluation.values())}}
+
+
+def cpu_estimate(plan, values):
+    """Hours of the whole plan on CPU for the embedded model: every stage* and evaluate* step (variants too)."""
+    from .config import step_of
+
+    seeds = 0
+    if "synthesize" in plan:
+        p = step_params(plan, "synthesize")
+        seeds = sum(split_rows(spec, "train", p["seeds_per_benchmark"]) for spec in p["seed_benchmarks"])
+    steps = {}
+    for key in plan:
+        step = step_of(key)
+        p = step_params(plan, key) if step in ("stage1", "stage2", "evaluate") else None
+        if step in ("stage1", "stage2"):
+            rows = seeds * values["cpu_reference_keep_share"][step] * float(p.get("data_fraction", 1.0))
+            if p.get("limit"):
+                rows = min(rows, p["limit"])
+            tokens = rows * values["cpu_train_tokens_per_row"][step]
+            if (p.get("max_steps") or -1) > 0:
+                tokens = min(tokens, p["max_steps"] * p["global_batch_size"] * values["cpu_train_tokens_per_row"][step])
+            else:
+                tokens *= float(p.get("epochs", 1.0))
+            steps[key] = {"rows": round(rows), "tokens": round(tokens),
+                          "hours": tokens / values["cpu_train_tokens_per_second"] / 3600}
+        elif step == "evaluate":
+            problems = sum(split_rows(spec, p["split"], p["limit"]) for spec in p["benchmarks"])
+            tokens = sum(problems * min(p["max_new_tokens"] * max(1, p["max_rounds"]),
+                                        values["cpu_eval_completion_tokens"].get(mode, 200)) for mode in p["modes"])
+            steps[key] = {"problems": problems, "modes": list(p["modes"]), "tokens": round(tokens),
+                          "hours": tokens / values["cpu_eval_tokens_per_second"] / 3600}
+    overhead = len(plan) * values["cpu_minutes_per_step"] / 60
+    return {"steps": steps, "overhead_hours": overhead,
+            "hours": sum(entry["hours"] for entry in steps.values()) + overhead}
 
 
 def format_estimate(result):
@@ -354,6 +400,11 @@ def format_estimate(result):
                      f"-> {e['gpu_hours']:.3g} {gpu} GPU hours")
     lines.append(f"  GPU hours ({gpu}): training {totals['training_gpu_hours']:.3g}, evaluation "
                  f"{totals['evaluation_gpu_hours']:.3g}")
+    if result.get("cpu"):
+        cpu = result["cpu"]
+        lines.insert(1, f"  CPU estimate (embedded model, 2 cores with native bf16): {cpu['hours']:.2f} h = "
+                        + " + ".join(f"{key} {entry['hours'] * 60:.0f} min" for key, entry in cpu["steps"].items())
+                        + f" + {cpu['overhead_hours'] * 60:.0f} min per-step overhead (assumptions cpu_*)")
     if result["measured_from"]:
         lines.append("  measured: " + "; ".join(f"{k} from {v}" for k, v in result["measured_from"].items()))
     lines.append("  assumed (mumath/estimate.py ASSUMPTIONS; --usage-from <run> measures them): " + ", ".join(

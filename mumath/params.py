@@ -116,8 +116,9 @@ class Training(Group):
     packing: Optional[bool] = param(None, "True / False; None: per device (mumath.sft.AUTO_PACKING: packed)")
     group_by_length: bool = param(True, "padded batches: draw batches of similar lengths (less padding)")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = param(
-        "auto", "auto: bf16 on a GPU (fp16 where it has no bf16), fp32 on CPU")
+    precision: Literal["auto", "bf16", "bf16-weights", "fp16", "fp32"] = param(
+        "auto", "auto: bf16 where the device has native bf16 (else fp16 on a GPU, fp32 on CPU); bf16-weights: "
+                "weights, gradients and optimizer state in bf16")
     attn_implementation: str = param("auto", "auto: flash_attention_2 on a GPU when installed, else sdpa")
     lora_r: int = param(16, "LoRA rank", ge=1)
     lora_alpha: int = param(32, "LoRA scaling numerator", ge=1)
@@ -126,6 +127,8 @@ class Training(Group):
     save_steps: int = param(50, "checkpoint every N steps; the same command resumes from the last one", ge=1)
     save_total_limit: Optional[int] = param(2, "checkpoints kept (None: all)", ge=1)
     max_rows: Optional[int] = param(None, "train on the first N rows only (quick runs); None: all", ge=1)
+    data_fraction: float = param(1.0, "train on this share of the rows: a seeded subset, nested across shares",
+                                 gt=0, le=1)
     report_to: Union[str, list[str]] = param("tensorboard", "tensorboard (event files in <run_dir>/<stage>/"
                                                             "tensorboard) | wandb | trackio | none, or a list")
     num_processes: int = param(1, "> 1: accelerate launch (NCCL on GPUs, gloo on CPU)", ge=1)

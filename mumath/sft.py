@@ -106,14 +106,83 @@ def accumulation_steps(global_batch_size, per_device_batch_size, processes):
     return global_batch_size // per_step
 
 
-def resolve_precision(precision, device):
+PRECISIONS = ("auto", "bf16", "bf16-weights", "fp16", "fp32")
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16): there bf16 halves the bytes and
+    the instructions per multiply-add; without it torch emulates bf16 and it is slower than fp32.
+
+    torch's own CPU feature probe (cpuinfo) first; the kernel's /proc/cpuinfo flags where torch has none.
+    """
     import torch
 
+    get_capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    if get_capabilities is not None:
+        try:
+            capabilities = get_capabilities()
+            return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+        except (RuntimeError, AttributeError):
+            pass
+    return bool(cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpuinfo_flags(path="/proc/cpuinfo"):
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cuda_has_native_bf16():
+    """Native bf16 only (Ampere and newer): a T4 emulates bf16 and runs it several times slower than fp16."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no `including_emulation` and answers for native support
+        return torch.cuda.is_bf16_supported()
+
+
+# What `precision: auto` picks on a CPU with native bf16. Measured (benchmarks/results/train-cpu-precision.json,
+# docs/cpu-speed.md): autocast 1.50x fp32's tokens/s with its loss curve within 0.025 nats of fp32's;
+# bf16 weights 2.33x but 0.10 nats off at one step (updates rounded to 8 bits): autocast, by accuracy.
+CPU_BF16 = "bf16"
+
+
+def resolve_precision(precision, device):
+    """`auto`: bf16 on GPUs with native bf16, fp16 on older GPUs; on CPUs with native bf16 `CPU_BF16`,
+    fp32 on the others. Any other value is kept as asked."""
     if precision != "auto":
         return precision
-    if device != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cuda":
+        return "bf16" if cuda_has_native_bf16() else "fp16"
+    return CPU_BF16 if cpu_has_native_bf16() else "fp32"
+
+
+def uses_bf16(precision):
+    return precision in ("bf16", "bf16-weights")
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_every_core(device):
+    """On CPU, one torch thread per core this process may use (divided among `accelerate launch` ranks via
+    OMP_NUM_THREADS, which wins when set). Returns the thread count."""
+    import torch
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(available_cores())
+    return torch.get_num_threads()
 
 
 def resolve_attention(attn_implementation, device):
@@ -163,7 +232,8 @@ def qlora_device_note(device):
 def torch_dtype(precision):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return {"bf16": torch.bfloat16, "bf16-weights": torch.bfloat16, "fp16": torch.float16,
+            "fp32": torch.float32}[precision]
 
 
 def load_base_model(config, path, precision, attention):
@@ -180,10 +250,15 @@ def load_base_model(config, path, precision, attention):
         # SFTTrainer does not do this for us: casts norms to fp32, enables input grads (+ checkpointing).
         with peft_wrapping():
             return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16).
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("fp32") if config.finetune == "full"
-                                                else torch_dtype(precision if precision != "fp16" else "fp32"),
-                                                **kwargs)
+    # Full and LoRA train fp32 master weights under mixed precision (the Trainer autocasts to bf16), except
+    # under bf16-weights, where the weights themselves are bf16 (no casts, half the bytes; coarser updates).
+    if precision == "bf16-weights":
+        dtype = "bf16"
+    elif config.finetune == "full" or precision == "fp16":
+        dtype = "fp32"
+    else:
+        dtype = precision
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
 
 
 # ---------------------------------------------------------------- provenance
@@ -422,7 +497,7 @@ def sft_arguments(config, out, settings):
         max_length=config.max_length, packing=packing, packing_strategy="bfd", padding_free=packing,
         train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5's name for it
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
+        bf16=uses_bf16(precision), fp16=precision == "fp16", use_cpu=settings["device"] == "cpu",
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=1, logging_first_step=True, seed=config.seed, data_seed=config.seed,
         # TensorBoard is added as a callback (event files under the stage folder); wandb and trackio read
@@ -476,7 +551,7 @@ def build_trainer(config, examples, tokenizer, init_path, out, device=None):
     from datasets import Dataset
 
     device = device or device_kind()
-    settings = {"device": device, "processes": world_size(),
+    settings = {"device": device, "processes": world_size(), "torch_threads": use_every_core(device),
                 "precision": resolve_precision(config.precision, device),
                 "packing": resolve_packing(config.packing, device),
                 "attention": resolve_attention(config.attn_implementation, device)}
@@ -534,6 +609,7 @@ def train(config, print_fn=print):
     apply_prompt_format(tokenizer, config.prompt_format)  # saved with final/: evaluation formats the same way
     rows = load_rows(config.data)
     rows = rows[:config.max_rows] if config.max_rows else rows
+    rows = data_subset(rows, config.data_fraction, config.seed)
     examples, data_stats = build_examples(rows, tokenizer, config.mode, config.max_length,
                                           format_prompt_dir(config.prompt_format, config.prompt_dir),
                                           source=str(config.data))
@@ -559,7 +635,7 @@ def train(config, print_fn=print):
         "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "resumed_from": resume.name if resume else None,
         "train_loss": result.training_loss, "final_loss": last_logged_loss(trainer.state.log_history),
-        "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
+        "data_fraction": config.data_fraction, "examples": data_stats.to_dict(), "tokens_trained": tokens, "positions": positions,
         "padding_share": round(1 - tokens / positions, 4) if positions else 0.0,
         "seconds": round(seconds, 1), "step_seconds": round(counter.step_seconds, 1),
         "tokens_per_second": round(tokens_per_second, 1), "peak_memory_gb": peak_memory_gb(device),
@@ -569,6 +645,19 @@ def train(config, print_fn=print):
     if rank0:
         write_json(out / STATS, stats)
     return stats
+
+
+def data_subset(rows, fraction, seed):
+    """`fraction` of the rows, in their file order: the first rows of one seeded permutation, so the 25 %
+    subset lies inside the 50 % one (a data-scaling curve adds rows, it does not swap them)."""
+    import random
+
+    if fraction >= 1:
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:max(1, round(fraction * len(rows)))])
+    return [rows[index] for index in keep]
 
 
 def last_logged_loss(history):
@@ -593,7 +682,7 @@ def save_final(trainer, config, init_path, tokenizer, final, digest, precision, 
         return
     if config.finetune != "full":
         # Merge into the unquantized base (merging into 4-bit weights would round them again).
-        dtype = torch_dtype(precision if config.finetune == "qlora" or precision == "bf16" else "fp32")
+        dtype = torch_dtype(precision if config.finetune == "qlora" or uses_bf16(precision) else "fp32")
         merge_adapter(init_path, adapter, dtype, tmp)
     tokenizer.padding_side = "left"  # how evaluation loads it anyway; keeps the saved files identical
     tokenizer.save_pretrained(str(tmp))

@@ -146,3 +146,28 @@ def test_the_tool_loop_on_the_engine_equals_the_naive_loop(engine, naive, pool):
 
     assert [comparable(t) for t in new] == [comparable(t) for t in old]
     assert sum(len(t.executions) for t in new) > 0, "the check should cover at least one execution"
+
+
+def test_buffered_layer_equals_concatenation_and_grows_rarely():
+    """The engine's KV buffer returns what DynamicLayer's concatenation returns, without a copy per step."""
+    from transformers.cache_utils import DynamicLayer
+
+    from mumath.engine import BufferedLayer
+
+    generator = torch.Generator().manual_seed(0)
+    buffered, plain = BufferedLayer(), DynamicLayer()
+    buffers = set()
+    for columns in [100] + [1] * 300:  # a prefill, then 300 decode steps
+        keys, values = (torch.randn(2, 3, columns, 4, generator=generator) for _ in range(2))
+        got, expected = buffered.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        buffers.add(buffered._key_buffer.data_ptr())
+    assert buffered.get_seq_length() == plain.get_seq_length() == 400
+    assert len(buffers) <= 5, f"{len(buffers)} reallocations for 300 one-column steps"
+    # The engine's row selection (`_select`): keys first, then values, each read from the layer itself.
+    buffered.keys = buffered.keys[[1], :, 7:]
+    buffered.values = buffered.values[[1], :, 7:]
+    assert torch.equal(buffered.keys, plain.keys[[1], :, 7:]) and torch.equal(buffered.values, plain.values[[1], :, 7:])
+    assert buffered.get_seq_length() == 393
+    step = torch.ones(1, 3, 1, 4)
+    assert torch.equal(buffered.update(step, step)[0][:, :, -1:], step)

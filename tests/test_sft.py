@@ -64,6 +64,58 @@ def read_log(stage_dir):
     return [json.loads(line) for line in (Path(stage_dir) / "log.jsonl").read_text().splitlines()]
 
 
+class FakeCuda:
+    """torch.cuda.is_bf16_supported as on a T4 (bf16 only emulated) or an A100 (native)."""
+
+    def __init__(self, native):
+        self.native, self.calls = native, []
+
+    def __call__(self, including_emulation=True):
+        self.calls.append(including_emulation)
+        return self.native or including_emulation
+
+
+@pytest.mark.parametrize("native,expected", [(False, "fp16"), (True, "bf16")])
+def test_auto_precision_on_gpus_asks_for_native_bf16(monkeypatch, native, expected):
+    import torch
+
+    from mumath.sft import resolve_precision
+
+    fake = FakeCuda(native)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake)
+    assert resolve_precision("auto", "cuda") == expected
+    assert fake.calls == [False], "emulated bf16 (a T4) must not count"
+    assert resolve_precision("fp32", "cuda") == "fp32"
+
+
+@pytest.mark.parametrize("capabilities,expected", [({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
+                                                   ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),
+                                                   ({"avx512_bf16": False, "avx2": True}, "fp32")])
+def test_auto_precision_on_cpus_follows_native_bf16(monkeypatch, capabilities, expected):
+    import torch
+
+    from mumath import sft
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert sft.resolve_precision("auto", "cpu") == expected == (sft.CPU_BF16 if expected != "fp32" else "fp32")
+    assert sft.resolve_precision("fp32", "cpu") == "fp32", "fp32 stays selectable"
+
+
+def test_cpu_bf16_falls_back_to_the_kernel_flags(monkeypatch, tmp_path):
+    import torch
+
+    from mumath import sft
+
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    real = sft.cpuinfo_flags
+    monkeypatch.setattr(sft, "cpuinfo_flags", lambda: real(cpuinfo))
+    assert sft.cpu_has_native_bf16()
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not sft.cpu_has_native_bf16()
+
+
 def test_global_batch_is_computed_never_rounded():
     assert accumulation_steps(128, 4, 8) == 4 and accumulation_steps(4, 2, 1) == 2
     with pytest.raises(TrainConfigError, match=r"'global_batch_size' \(128\) is not a multiple of .* = 6"):
@@ -180,7 +232,8 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
 
     # Batches drawn in the same order by one and by two processes: random order (length grouping sizes its
     # groups by the per-process batch).
-    settings = dict(max_steps=3, global_batch_size=4, per_device_batch_size=2, packing=False, group_by_length=False)
+    settings = dict(max_steps=3, global_batch_size=4, per_device_batch_size=2, packing=False, group_by_length=False,
+                    precision="fp32")  # fp32: bf16 rounds the two reduction orders apart
     one = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "one"), **settings))
     two = launch(config_for(tmp_path, tiny_model, rows_file, output_dir=str(tmp_path / "two"), **settings),
                  num_processes=2)
@@ -191,6 +244,19 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, tiny_model, rows_file):
     print("one process:", losses_one, "\ntwo processes:", losses_two)
     assert len(losses_one) == len(losses_two) == 3
     assert losses_two == pytest.approx(losses_one, rel=2e-3)
+
+
+def test_data_fraction_takes_nested_seeded_subsets():
+    from mumath.sft import data_subset
+
+    rows = [{"id": index} for index in range(40)]
+    quarter, half = data_subset(rows, 0.25, seed=0), data_subset(rows, 0.5, seed=0)
+    assert len(quarter) == 10 and len(half) == 20 and data_subset(rows, 1.0, seed=0) == rows
+    assert all(row in half for row in quarter), "the 25 % rows lie inside the 50 % rows"
+    assert [row["id"] for row in half] == sorted(row["id"] for row in half), "file order kept"
+    assert quarter != rows[:10], "a seeded sample, not the first rows"
+    with pytest.raises(TrainConfigError, match="data_fraction"):
+        TrainConfig(output_dir="x", data="y", data_fraction=0).validate()
 
 
 class FakeHfApi:
