@@ -16,22 +16,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, embedded_dir):
-    """The embedded model's architecture and tokenizer, shrunk to 2 small layers (trains in seconds)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny")
-    config = AutoConfig.from_pretrained(embedded_dir)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(embedded_dir).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def rows_file(tmp_path_factory, data_dir):
     """16 GSM8K training rationales as CoT rows, a few with a (real-format) execution output."""
     folder = tmp_path_factory.mktemp("data")
