@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,9 @@ def answer_settings(config, backend=None, executor=None):
         **({"prompt_format": config.prompt_format} if config.prompt_format != "chat" else {}),
         "prompts": prompt_files_fingerprint(config.mode, config.few_shot, config_prompt_dir(config)),
         "decoding": {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-                     "top_p": sampling.top_p, "seed": sampling.seed},
+                     "top_p": sampling.top_p, "seed": sampling.seed,
+                     # sampled rows drawn with per-position seeds (before) are not resumed from; greedy keep theirs
+                     **({"seeds": "per-trajectory"} if sampling.temperature > 0 else {})},
         "max_rounds": config.max_rounds, "carry_state": config.carry_state,
         "executor": limits if config.mode == "tir" else None,
     }
@@ -143,11 +146,13 @@ def evaluate_suites(backend, executor, suites, config, progress=True, extra_metr
                                  fingerprint=fingerprint)])
         bar.update()
 
-    # Sampling seed per trajectory: `config.sampling.seed + index` (its place in this run's to-do list; the
-    # backends add `index` to the seed), deterministic like the per-chunk seeds before.
+    # Sampling seed per trajectory: `config.sampling.seed` + an offset named by (benchmark, problem, sample),
+    # not by its place in this run's to-do list, so a resumed run draws the samples an uninterrupted one would.
     run_tool_loop(backend, prompts, executor, config.sampling, max_rounds=config.max_rounds,
                   execute=config.mode == "tir", carry_state=config.carry_state, on_finish=write,
-                  exec_workers=config.exec_workers, max_in_flight=config.chunk_size)
+                  exec_workers=config.exec_workers, max_in_flight=config.chunk_size,
+                  seed_offsets=[trajectory_seed_offset(benchmark, record["id"], sample)
+                                for benchmark, _, record, sample in todo])
     bar.close()
     results = []
     for benchmark, (records, out_dir) in suites.items():
@@ -157,6 +162,11 @@ def evaluate_suites(backend, executor, suites, config, progress=True, extra_metr
         write_json(Path(out_dir) / "metrics.json", metrics)
         results.append(metrics)
     return results
+
+
+def trajectory_seed_offset(benchmark, problem_id, sample):
+    """A trajectory's seed offset, from what it is: stable across resumes, distinct per problem and sample."""
+    return zlib.crc32(f"{benchmark}\x00{problem_id}\x00{sample}".encode()) & 0x3FFFFFFF
 
 
 def metrics_from_disk(out_dir, records, fingerprint, n_samples=1):

@@ -70,7 +70,8 @@ def has_prefix_cot(generation, min_words=8):
 
 
 def run_tool_loop(backend, prompts, executor, sampling, max_rounds=4, execute=True, carry_state=False,
-                  max_output_chars=2000, on_finish=None, exec_workers=None, max_in_flight=None, progress=False):
+                  max_output_chars=2000, on_finish=None, exec_workers=None, max_in_flight=None, progress=False,
+                  seed_offsets=None):
     """Run every prompt to completion; returns one `Trajectory` per prompt, in order.
 
     `executor` is a sandbox pool (`execute(code, prelude)`), called from `exec_workers` threads (default:
@@ -82,6 +83,10 @@ def run_tool_loop(backend, prompts, executor, sampling, max_rounds=4, execute=Tr
     Semantics per trajectory: a step that stops at the output marker after a closed python block gets
     that block executed and its real output appended (the model's own text after the marker is never
     kept); after `max_rounds` executions the next stop ends it with finish ``max_rounds``.
+
+    `seed_offsets` (one int per prompt, added to `sampling.seed`) names each trajectory's sampling seed;
+    default: its position in `prompts`. Callers that resume pass offsets derived from what a trajectory is
+    (problem and sample), so an interrupted run draws the same samples as an uninterrupted one.
     """
     from .backends import submitter
 
@@ -90,12 +95,15 @@ def run_tool_loop(backend, prompts, executor, sampling, max_rounds=4, execute=Tr
     stop = [OUTPUT_MARKER] if execute else []
     events = queue.Queue()  # (kind, index, payload) from the backend's and the sandbox's threads
     sample_index = _sample_indices(prompts)
+    offsets = list(range(len(prompts))) if seed_offsets is None else [int(offset) for offset in seed_offsets]
+    if len(offsets) != len(prompts):
+        raise ValueError(f"seed_offsets has {len(offsets)} entries for {len(prompts)} prompts")
     bar = tqdm(total=len(prompts), desc="trajectories", disable=not progress, leave=False)
 
     def generate(index):
         trajectory = trajectories[index]
         engine.submit(trajectory.prompt + trajectory.generation, sampling, stop,
-                      lambda result: events.put(("generated", index, result)), index=index,
+                      lambda result: events.put(("generated", index, result)), index=offsets[index],
                       sample_index=sample_index[index])
 
     waiting = iter(range(len(prompts)))

@@ -163,3 +163,31 @@ def test_metrics_are_recomputed_from_what_is_on_disk(tmp_path, pool):
     metrics = evaluate_records(model, pool, RECORDS, EvalConfig(mode="cot"), out, progress=False)
     assert model.calls == [1] and metrics["n"] == 3
     assert json.loads((out / "metrics.json").read_text())["n"] == 3
+
+
+class SeededBackend:
+    """Answers with the seed it was asked to sample with (a stand-in for a sampler: the seed decides the draw)."""
+
+    def format_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def submit(self, prompt, sampling, stop, callback, index=0, sample_index=0):
+        from mumath.completions import Completion
+
+        callback(Completion(f"\\boxed{{{sampling.seed + index}}}", "eos", 10, 5))
+
+
+def test_a_resumed_sampled_run_draws_what_an_uninterrupted_run_draws(tmp_path):
+    """Each sample's seed comes from its problem and sample number, not its place in the run's to-do list."""
+    records = [{"id": f"q{i}", "question": f"Q{i}", "answer": "1", "meta": {}} for i in range(3)]
+    config = EvalConfig(mode="cot", n_samples=2, sampling=Sampling(temperature=0.7, seed=5))
+    out = tmp_path / "gsm8k" / "cot"
+    path = out / "trajectories.jsonl"
+    with SandboxPool(workers=1, timeout=5) as pool:
+        evaluate_records(SeededBackend(), pool, records, config, out, "gsm8k", progress=False)
+        drawn = {(r["id"], r["sample"]): r["pred"] for r in read_jsonl(path)}
+        assert len(set(drawn.values())) == 6, "every problem and sample gets its own seed"
+        # interrupted before q1 finished: its rows are gone, the others are resumed
+        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r["id"] != "q1"))
+        evaluate_records(SeededBackend(), pool, records, config, out, "gsm8k", progress=False)
+    assert {(r["id"], r["sample"]): r["pred"] for r in read_jsonl(path)} == drawn
