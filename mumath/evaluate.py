@@ -26,6 +26,7 @@ from .grading import extract_answer, is_equivalent, is_graded
 from .prompts import build_messages, format_prompt_dir, prompt_files_fingerprint
 from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
+from .voting import wilson_interval  # noqa: F401  (evaluate.wilson_interval, as before)
 
 
 @dataclass
@@ -189,16 +190,6 @@ def trajectory_row(record, sample, trajectory, mode, benchmark):
     return {"id": record["id"], "sample": sample, "benchmark": benchmark, "mode": mode,
             "question": record["question"], "answer": record["answer"], "pred": pred, "correct": correct,
             **trajectory.to_dict()}
-
-
-def wilson_interval(successes, n, z=1.96):
-    """95 % Wilson score interval for a proportion (well-behaved near 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def majority_answer(rows):

@@ -77,11 +77,26 @@ def maj_at_k(labels, correct, k, draws=32, seed=0):
     return sum(majority_correct(labels, correct, subset) for subset in subsets) / len(subsets)
 
 
+def wilson_interval(successes, n, z=1.96):
+    """95 % Wilson score interval for a proportion (well-behaved near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def bootstrap_interval(values, seed=0, resamples=BOOTSTRAP):
-    """95 % percentile bootstrap interval of the mean of per-problem values."""
+    """95 % percentile bootstrap interval of the mean of per-problem values (each in [0, 1]).
+
+    When every problem has the same value the bootstrap has nothing to resample and would return a
+    zero-width interval ([0, 0] for 0 of 40 solved): then the Wilson interval of that share is given."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return [0.0, 0.0]
+    if np.ptp(values) == 0:
+        return list(wilson_interval(float(values[0]) * len(values), len(values)))
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

@@ -64,7 +64,11 @@ def test_bootstrap_interval_is_seeded_and_sensible():
     low, high = bootstrap_interval(values)
     assert low < 0.3 < high and high - low < 0.25
     assert bootstrap_interval(values) == [low, high]
-    assert bootstrap_interval([1.0] * 10) == [1.0, 1.0]
+    # every problem alike: not a zero-width interval, the Wilson interval of 10/10 (and of 0/10)
+    low, high = bootstrap_interval([1.0] * 10)
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-3)
+    low, high = bootstrap_interval([0.0] * 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-3)
 
 
 def test_analysis_shows_voting_beside_greedy(tmp_path):
