@@ -181,10 +181,16 @@ def _bind_read_only(source, target):
 
 
 def visible_paths():
-    """What a snippet can see of the host, read-only: the system folders and this Python with its packages."""
+    """What a snippet can see of the host, read-only: the system folders and this Python with its packages.
+
+    Only `sys.path` entries inside the Python installation count: this script's own folder (the caller's
+    checkout) and an editable install's project folder are the caller's files, not the interpreter's."""
+    prefixes = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    inside = [path for path in sys.path if os.path.isdir(path) and any(
+        os.path.realpath(path) == os.path.realpath(prefix) or
+        os.path.realpath(path).startswith(os.path.realpath(prefix).rstrip("/") + "/") for prefix in prefixes)]
     wanted = [path for path in SYSTEM_PATHS if os.path.lexists(path)]
-    wanted += sorted({sys.prefix, sys.base_prefix, sys.exec_prefix} | {path for path in sys.path if
-                                                                           os.path.isdir(path)})
+    wanted += sorted(set(prefixes) | set(inside))
     chosen = [path for path in wanted if os.path.islink(path) and os.path.dirname(path) == "/"]  # /bin -> usr/bin
     for path in wanted:
         if path in chosen:
@@ -217,7 +223,8 @@ def build_private_root(host_dir, limits):
             _mount(f"/dev/{device}", f"{host_dir}/dev/{device}", None, MS_BIND)
     os.makedirs(host_dir + "/proc")
     _mount("proc", host_dir + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(host_dir + "/tmp")
+    # exist_ok: a Python installed under /tmp (a venv in a temporary checkout) is already bound below it
+    os.makedirs(host_dir + "/tmp", exist_ok=True)
     os.makedirs(host_dir + SANDBOX_DIR)
     os.chdir(host_dir)
     if _libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b".") != 0:

@@ -111,7 +111,8 @@ def test_official_format_trains_and_evaluates_on_the_embedded_model(tmp_path, da
             {"role": "assistant", "content": body.strip() + f"\nThe answer is \\boxed{{{answer.strip()}}}."}]})
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = TrainConfig(output_dir=str(tmp_path / "stage1"), data=str(data), prompt_format="mumath", max_steps=2,
+    config = TrainConfig(output_dir=str(tmp_path / "stage1"), data=str(data), init_model="embedded",
+                         prompt_format="mumath", max_steps=2,
                          global_batch_size=2, per_device_batch_size=1, max_length=512, packing=False,
                          learning_rate=1e-5, save_steps=10)
     stats = train(config, print_fn=lambda *a: None)

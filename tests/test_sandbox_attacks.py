@@ -394,3 +394,19 @@ def test_a_snippet_cannot_fill_the_disk(pool):
     assert int(written) < 256 and reason.strip() == "No space left on device", result
     assert int(written) <= pool.disk_mb
     still_works(pool)
+
+
+def test_the_private_root_shows_only_the_python_installation_not_the_callers_checkout(monkeypatch, tmp_path):
+    """The worker runs as a script from the caller's checkout (its folder is sys.path[0]) and an editable
+    install puts the project on sys.path: neither is the interpreter's, so neither is bound into the root.
+    (A checkout under /tmp once made every worker fail to start: /tmp then existed in the new root.)"""
+    import sys
+
+    from mumath import sandbox_worker
+
+    checkout = tmp_path / "checkout" / "mumath"
+    checkout.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(checkout), str(tmp_path / "checkout")] + sys.path)
+    visible = sandbox_worker.visible_paths()
+    assert not any(path.startswith(str(tmp_path)) for path in visible)
+    assert sys.prefix in visible
