@@ -26,7 +26,7 @@ from .grading import extract_answer, is_equivalent, is_graded
 from .prompts import build_messages, format_prompt_dir, prompt_files_fingerprint
 from .records import append_jsonl, read_jsonl, repair_torn_tail, write_json, write_jsonl
 from .tir import run_tool_loop
-from .voting import wilson_interval  # noqa: F401  (evaluate.wilson_interval, as before)
+from .voting import answer_groups, majority_label, voting_metrics, wilson_interval
 
 
 @dataclass
@@ -195,8 +195,6 @@ def trajectory_row(record, sample, trajectory, mode, benchmark):
 def majority_answer(rows):
     """The most common extracted answer over samples, grouping equivalent answers together, and whether it
     is correct ((None, False) when no sample has an answer); see `voting`."""
-    from .voting import answer_groups, majority_label
-
     labels, correct, answers = answer_groups(rows)
     best = majority_label(labels, range(len(labels)))
     return (None, False) if best is None else (answers[best], correct[best])
@@ -227,7 +225,6 @@ def compute_metrics(rows, n_samples=1):
     if n_samples > 1:
         # maj@k and pass@k for k = 1, 2, 4, ..., n with bootstrap intervals (`voting.voting_metrics`), over the
         # graded problems (ungraded ones have no gold to vote for); maj@n / pass@n stay at the top level.
-        from .voting import voting_metrics
 
         voting = voting_metrics([row for row in rows if row["correct"] is not None], n_samples)
         metrics["voting"] = voting
